@@ -1,0 +1,1466 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""fingerd -- a finger daemon appliance in one file.
+
+fingerd answers "what is alice up to?" over several protocols at once, all backed by one
+lock-guarded store of statuses:
+
+  finger  (RFC 1288, default port 79)     "alice" -> her status; "/W alice" adds when it was set;
+                                          an empty query lists users; "@host" forwarding refused
+  setter  (default 127.0.0.1:1079)        send "alice\\n", the status line(s), then half-close;
+                                          the answer is "OK" or "ERROR <reason>"
+  http    (default port 8000)             reserved for the web pages and XML-RPC at /RPC2
+
+Backends (--backend): sqlite (default; durable, group-committed writes), memory (volatile,
+seeded from --users-file), file (the admin's "user: status" file, re-read when it changes).
+
+Every connection is read by one epoll loop with a size cap and one overall deadline before
+any handler runs, so idle or trickling clients cost no thread; handlers run inline when the
+store never blocks, else on a small bounded pool of worker threads.  Everything sent is
+filtered of control characters and terminal escape sequences.
+
+Usage:
+    ./fingerd --finger 7979 --setter 7980 --backend sqlite --db ./fingerd.db
+    finger -l alice@localhost           # with --finger 79 as root
+    printf 'alice\\nGone fishing\\n' | nc -N localhost 7980
+
+Standard library only, Python 3.9+.  Copy this one file anywhere and run it.
+"""
+
+import argparse
+import errno
+import io
+import ipaddress
+import logging
+import os
+import queue
+import re
+import select
+import signal
+import socket
+import socketserver
+import sqlite3
+import sys
+import threading
+import time
+from collections import deque
+from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+
+__all__ = [
+    "Status", "Store", "MemoryStore", "FileStore", "SQLiteStore", "BACKENDS", "open_store",
+    "FingerQuery", "parse_query", "finger_reply", "parse_setter_request",
+    "PooledTCPServer", "FingerServer", "SetterServer", "build_parser", "main",
+]
+
+__version__ = "1.0.0"
+
+# -- Constants ----------------------------------------------------------------------------
+
+DEFAULT_FINGER = "79"                 # RFC 1288 §2.1
+DEFAULT_SETTER = "127.0.0.1:1079"     # the tutorial's port; loopback because it writes
+DEFAULT_HTTP = "8000"
+DEFAULT_REFRESH = 30.0                # the tutorial re-reads /etc/users every 30 s
+DB_NAME = "fingerd.db"
+
+MAX_QUERY = 1024                      # one finger query line; real names are < 40 bytes
+MAX_NAMES_PER_QUERY = 16              # "alice bob ..." answered each, up to this many
+MAX_NAME = 32                         # user names: useradd's limit
+MAX_STATUS_BYTES = 16 * 1024          # a status is a .plan, not a document
+MAX_STATUS_LINES = 100
+MAX_SETTER_REQUEST = MAX_STATUS_BYTES + 1024   # status plus its user line and CRLFs
+MAX_USERS_FILE = 16 * 1024 * 1024     # 16 MiB is ~250k users; beyond that it is not a users file
+CONNECTION_DEADLINE = 10.0            # whole connection, not per recv: trickling clients lose
+DRAIN_SECONDS = 5.0                   # replies in flight may finish this long after SIGTERM
+LISTEN_BACKLOG = 1024                 # socketserver's 5 makes bursts wait for SYN retries
+MAX_CONNECTIONS = 4096                # per listener; beyond it new clients get a busy line
+MAX_WORKERS = 16                      # per listener, only for stores that may block
+LINGER_SECONDS = 2.0                  # after an error reply, read and discard this long
+
+# Reply texts the protocols pin (finger's unknown-user text is shared with XML-RPC).
+NO_SUCH_USER = "No such user"
+LIST_DENIED = "Finger online user list denied"
+FORWARDING_DENIED = "Finger forwarding service denied"
+QUERY_TOO_LONG = "Query too long"
+TIMED_OUT = "Timed out"
+SERVER_BUSY = "Server busy, try again later"
+INTERNAL_ERROR = "Internal error in server"     # the tutorial's wording
+NO_USERS = "No users"
+
+log = logging.getLogger("fingerd")
+
+
+# -- Errors -------------------------------------------------------------------------------
+
+class FingerdError(Exception):
+    """Root of fingerd's own errors: predictable failures with a one-line message."""
+
+
+class StartupError(FingerdError):
+    """fingerd cannot start (a port, a database, a file); main() prints it and exits 1."""
+
+
+class ReadOnlyStore(FingerdError):
+    """The backend's data belongs to someone else (the admin's file, ...)."""
+
+
+class BadName(FingerdError):
+    """A user name outside the allowed shape."""
+
+
+class BadStatus(FingerdError):
+    """A status that is too long, has too many lines, or is not text."""
+
+
+class StoreUnavailable(FingerdError):
+    """The backend could not do what was asked (disk full, database locked, ...)."""
+
+
+class RequestTooLarge(FingerdError):
+    """A peer sent more than the protocol allows before completing a request."""
+
+
+# -- Text helpers -------------------------------------------------------------------------
+
+NAME_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,%d}\Z" % (MAX_NAME - 1))
+
+# Terminal escape sequences are removed whole, so that no "[31m" residue is left behind:
+# OSC/DCS/SOS/PM/APC strings (to BEL or ST), CSI sequences (7- and 8-bit), other ESC forms.
+_ESCAPE_SEQUENCE = re.compile(
+    r"(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
+    r"|\x1b[\x20-\x2f]*[\x30-\x7e]?")
+# What is left after that and never reaches a peer: C0 but TAB, DEL, C1, and the invisible
+# format characters that reorder or hide text (bidi overrides, "Trojan Source"), BOM.
+_UNSAFE_CHARS = re.compile(
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
+    "\ufff9-\ufffb]")
+_LINE_BREAKS = re.compile("\r\n|[\r\n\u2028\u2029\x85\x0b\x0c]")
+
+
+def valid_name(name: str) -> bool:
+    """True for 1-32 letters, digits, '.', '_', '-', not starting with '-'."""
+    return bool(NAME_RE.match(name))
+
+
+def clean_line(text: str) -> str:
+    """One line made safe for any terminal: no controls (TAB kept), no escape sequences."""
+    if text.isprintable():          # the common case costs one C-level scan
+        return text
+    return _UNSAFE_CHARS.sub("", _ESCAPE_SEQUENCE.sub("", text))
+
+
+def split_lines(text: str) -> List[str]:
+    """Lines of text whatever its line endings (CRLF, CR, LF, Unicode separators)."""
+    return _LINE_BREAKS.split(text)
+
+
+def clean_text(text: str) -> str:
+    """A status as stored and shown: safe lines joined by LF, trailing blanks trimmed."""
+    lines = [clean_line(line).rstrip() for line in split_lines(text)]
+    while lines and not lines[-1]:
+        lines.pop()
+    while lines and not lines[0]:
+        lines.pop(0)
+    return "\n".join(lines)
+
+
+def decode_peer(data: bytes) -> str:
+    """Peer bytes as text: invalid, overlong or surrogate UTF-8 becomes U+FFFD, never an error."""
+    return data.decode("utf-8", "replace")
+
+
+def shown_name(name: str) -> str:
+    """A peer-supplied name made safe to echo: filtered and cut to MAX_NAME characters."""
+    name = clean_line(name)
+    return name if len(name) <= MAX_NAME else name[:MAX_NAME] + "\u2026"
+
+
+def format_time(epoch: float, now: Optional[float] = None) -> str:
+    """'2026-11-22 02:12:32 UTC (3 hours ago)': unambiguous for readers anywhere."""
+    if not epoch:
+        return "unknown"
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
+    age = max(0.0, (time.time() if now is None else now) - epoch)
+    for unit, seconds in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if age >= seconds:
+            count = int(age // seconds)
+            return "%s (%d %s%s ago)" % (stamp, count, unit, "" if count == 1 else "s")
+    return stamp + " (just now)"
+
+
+def format_address(host: str, port: int) -> str:
+    """HOST:PORT with IPv6 hosts in brackets, as people type them."""
+    return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def parse_endpoint(spec: str, default_host: str = "") -> Optional[Tuple[str, int]]:
+    """'[HOST:]PORT', '[V6]:PORT' or 'off' -> (host, port) or None; '' host = every address."""
+    spec = spec.strip()
+    if spec.lower() == "off":
+        return None
+    host, port = default_host, spec
+    if spec.startswith("["):
+        close = spec.find("]")
+        if close < 0 or spec[close + 1:close + 2] != ":":
+            raise ValueError("expected [IPV6]:PORT, got %r" % spec)
+        host, port = spec[1:close], spec[close + 2:]
+    elif ":" in spec:
+        host, _, port = spec.rpartition(":")
+        if ":" in host:
+            raise ValueError("put IPv6 addresses in brackets: [%s]:%s" % (host, port))
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError("port must be 0-65535 (0: any free port), got %r" % port)
+    return host, int(port)
+
+
+# -- Stores and backends ------------------------------------------------------------------
+
+class Status(NamedTuple):
+    """A user's status: its text (lines joined by LF) and when it was set (epoch seconds)."""
+    text: str
+    set_at: float = 0.0
+
+
+def check_status(user: str, text: str) -> str:
+    """Validate one setter write; return the text as stored (cleaned) or raise."""
+    if not valid_name(user):
+        raise BadName("bad user name (1-%d letters, digits, '.', '_', '-'; no leading '-')"
+                      % MAX_NAME)
+    text = clean_text(text)
+    if len(text.encode("utf-8")) > MAX_STATUS_BYTES:
+        raise BadStatus("status too long (at most %d bytes)" % MAX_STATUS_BYTES)
+    if text.count("\n") >= MAX_STATUS_LINES:
+        raise BadStatus("status has too many lines (at most %d)" % MAX_STATUS_LINES)
+    if not text:
+        raise BadStatus("empty status")
+    return text
+
+
+class Store:
+    """Where statuses live, and nothing about protocols.  Thread-safe: public methods lock.
+
+    Callers use get(), users(), items(), set(), refresh(), close() and the attributes
+    `writable` (set() works), `blocking` (get() may wait on I/O, so protocol handlers must run
+    on worker threads) and `version` (bumped on every change, for caches).
+    Subclasses implement _get, _items and, if writable, _set; `name` is the --backend name."""
+
+    name = "?"
+    writable = True
+    blocking = False
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.version = 0
+
+    def get(self, user: str) -> Optional[Status]:
+        """The user's status, or None for no such user (an invalid name is no such user)."""
+        if not valid_name(user):
+            return None
+        with self.lock:
+            return self._get(user)
+
+    def items(self) -> List[Tuple[str, Status]]:
+        """(user, status) pairs sorted by name."""
+        with self.lock:
+            return sorted(self._items())
+
+    def users(self) -> List[str]:
+        """Sorted user names."""
+        return [user for user, _ in self.items()]
+
+    def set(self, user: str, text: str) -> Status:
+        """Store a status; return it as stored, once it is durable.  Raises BadName,
+        BadStatus, ReadOnlyStore, StoreUnavailable."""
+        status = self._prepare(user, text)
+        self._set(user, status)
+        return status
+
+    def set_async(self, user: str, text: str, done: Callable[[Optional[FingerdError]], None]
+                  ) -> None:
+        """Store a status without waiting: done(None) once it is durable, done(error) if not.
+        done may run on another thread (the sqlite writer), or before this returns."""
+        try:
+            self.set(user, text)
+        except FingerdError as e:
+            done(e)
+            return
+        done(None)
+
+    def _prepare(self, user: str, text: str) -> Status:
+        if not self.writable:
+            raise ReadOnlyStore("the %s backend is read-only" % self.name)
+        return Status(check_status(user, text), time.time())
+
+    def refresh(self) -> None:
+        """Re-read the source now (SIGHUP); a no-op where there is nothing to re-read."""
+
+    def close(self) -> None:
+        """Release files and threads; pending acknowledged writes are completed first."""
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def _get(self, user: str) -> Optional[Status]:
+        raise NotImplementedError
+
+    def _items(self) -> Iterable[Tuple[str, Status]]:
+        raise NotImplementedError
+
+    def _set(self, user: str, status: Status) -> None:
+        raise NotImplementedError
+
+
+class DictStore(Store):
+    """A store whose answers come from a dict in memory, so reads never block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._data: Dict[str, Status] = {}
+
+    def _get(self, user):
+        return self._data.get(user)
+
+    def _items(self):
+        return self._data.items()
+
+    def _set(self, user, status):
+        with self.lock:
+            self._data[user] = status
+            self._changed()
+
+    def _replace(self, data: Dict[str, Status]) -> None:
+        with self.lock:
+            if data != self._data:
+                self._data = data
+                self._changed()
+
+
+def parse_users(text: str, source: str = "users file") -> Dict[str, Status]:
+    """The seeds' /etc/users format: 'user: status' per line, split on the first colon.
+
+    Blank lines and '#' comments are ignored; a malformed line is skipped with a warning that
+    names its line number.  A status may use '\\n' for a line break."""
+    users = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        user, colon, status = stripped.partition(":")
+        user = user.strip()
+        if not colon or not valid_name(user):
+            log.warning("%s line %d skipped: expected 'user: status' with a valid name, got %r",
+                        source, number, stripped[:80])
+            continue
+        users[user] = Status(clean_text(status.strip().replace("\\n", "\n")))
+    return users
+
+
+class MemoryStore(DictStore):
+    """Volatile statuses in memory, seeded from a users file when given."""
+
+    name = "memory"
+
+    def __init__(self, users_file: Optional[str] = None) -> None:
+        super().__init__()
+        if users_file:
+            mtime = os.stat(users_file).st_mtime
+            self._data = {user: status._replace(set_at=mtime) for user, status in
+                          parse_users(read_users_file(users_file), users_file).items()}
+
+
+def read_users_file(path: str) -> str:
+    """The text of a users file, at most MAX_USERS_FILE bytes; raises OSError."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_USERS_FILE + 1)
+    if len(data) > MAX_USERS_FILE:
+        log.warning("%s is over %d bytes; only the start is read", path, MAX_USERS_FILE)
+        data = data[:MAX_USERS_FILE]
+    return decode_peer(data)
+
+
+class FileStore(DictStore):
+    """The admin's users file, re-read when it changes (checked every `refresh` seconds).
+
+    Read-only to the network.  A missing or unreadable file keeps the last good data; a file
+    that changes while being read is read again on the next check, never half-applied."""
+
+    name = "file"
+    writable = False
+
+    def __init__(self, path: str, refresh: float = DEFAULT_REFRESH) -> None:
+        super().__init__()
+        self.path = path
+        self.refresh_seconds = refresh
+        self._stamp = None
+        self._problem = None          # the last failure logged, so it is logged once
+        self._stop = threading.Event()
+        try:
+            self._load(initial=True)
+        except OSError as e:
+            raise StartupError("cannot read users file %s: %s" % (path, e.strerror or e))
+        self._thread = threading.Thread(target=self._watch, name="file-refresh", daemon=True)
+        self._thread.start()
+
+    def _file_stamp(self):
+        st = os.stat(self.path)
+        return (st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+
+    def _load(self, initial: bool = False) -> bool:
+        """Re-read the file if it changed; return True when new data was applied."""
+        stamp = self._file_stamp()
+        if stamp == self._stamp:
+            return False
+        text = read_users_file(self.path)
+        if self._file_stamp() != stamp:       # written while we read it: try again later
+            if initial:
+                raise OSError(errno.EAGAIN, "file changed while being read")
+            return False
+        data = parse_users(text, self.path)
+        mtime = stamp[0] / 1e9
+        for user, status in data.items():   # a status is as old as the edit that made it
+            old = self._data.get(user)
+            data[user] = status._replace(set_at=old.set_at if old and old.text == status.text
+                                         else mtime)
+        self._replace(data)
+        self._stamp = stamp
+        if not initial:
+            log.info("re-read %s: %d users", self.path, len(self._data))
+        return True
+
+    def refresh(self) -> None:
+        try:
+            self._load()
+            if self._problem:
+                log.info("users file %s is readable again", self.path)
+            self._problem = None
+        except OSError as e:
+            problem = e.strerror or str(e)
+            if problem != self._problem:
+                log.warning("cannot read %s (%s); keeping the last good data", self.path,
+                            problem)
+            self._problem = problem
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.refresh_seconds):
+            self.refresh()
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+class _Write(NamedTuple):
+    """One setter write waiting for its group commit, and whom to tell when it is done."""
+    user: str
+    status: Status
+    done: Callable[[Optional[FingerdError]], None]
+
+
+class SQLiteStore(DictStore):
+    """The embedded default: statuses in an SQLite database, durable before acknowledged.
+
+    WAL journal, synchronous=FULL, every write in a BEGIN IMMEDIATE transaction.  set() returns
+    only after its COMMIT returned.  One writer thread commits whatever writes are waiting in one
+    transaction (group commit), so concurrent setters share an fsync.  Reads come from a copy in
+    memory, updated after each commit: this process is the database's only writer."""
+
+    name = "sqlite"
+    MAX_BATCH = 512
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+        try:
+            self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
+                                       timeout=5.0)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                log.warning("%s: WAL journal not available here (got %s)", path, mode)
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS statuses (user TEXT PRIMARY KEY, status TEXT NOT NULL,"
+                " set_at REAL NOT NULL, expires_at REAL) WITHOUT ROWID")
+            rows = self._db.execute("SELECT user, status, set_at FROM statuses").fetchall()
+        except sqlite3.Error as e:
+            raise StartupError("cannot open database %s: %s" % (path, e))
+        self._data = {user: Status(text, set_at) for user, text, set_at in rows}
+        self._queue: "queue.SimpleQueue[Optional[_Write]]" = queue.SimpleQueue()
+        self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer",
+                                        daemon=True)
+        self._writer.start()
+
+    def _set(self, user, status):
+        finished = threading.Event()
+        errors: List[FingerdError] = []
+
+        def done(error):
+            if error is not None:
+                errors.append(error)
+            finished.set()
+        self._queue.put(_Write(user, status, done))
+        finished.wait()
+        if errors:
+            raise errors[0]
+
+    def set_async(self, user, text, done):
+        try:
+            status = self._prepare(user, text)
+        except FingerdError as e:
+            done(e)
+            return
+        self._queue.put(_Write(user, status, done))
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)      # finish this batch, then stop
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: List[_Write]) -> None:
+        rows = [(w.user, w.status.text, w.status.set_at) for w in batch]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO statuses (user, status, set_at) VALUES (?, ?, ?) ON CONFLICT (user)"
+                " DO UPDATE SET status = excluded.status, set_at = excluded.set_at", rows)
+            self._db.execute("COMMIT")
+        except sqlite3.Error as e:
+            log.error("database %s: write of %d statuses failed: %s", self.path, len(batch), e)
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
+            error: Optional[FingerdError] = StoreUnavailable("could not store the status: %s"
+                                                             % e)
+        else:
+            error = None
+            with self.lock:
+                for w in batch:
+                    self._data[w.user] = w.status
+                self._changed()
+        for w in batch:
+            try:
+                w.done(error)
+            except Exception:
+                log.exception("database %s: completion callback failed", self.path)
+
+    def close(self) -> None:
+        if self._writer.is_alive():
+            self._queue.put(None)
+            self._writer.join()
+        self._db.close()
+
+
+BACKENDS = {"sqlite": SQLiteStore, "memory": MemoryStore, "file": FileStore}
+
+
+def default_db_path() -> str:
+    """fingerd.db in $STATE_DIRECTORY (systemd's StateDirectory=) or the current directory."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return os.path.join(state or ".", DB_NAME)
+
+
+def open_store(args: argparse.Namespace) -> Store:
+    """The backend the command line names, opened; StartupError when it cannot be."""
+    if args.backend == "sqlite":
+        return SQLiteStore(args.db or default_db_path())
+    if args.backend == "memory":
+        try:
+            return MemoryStore(args.users_file)
+        except OSError as e:
+            raise StartupError("cannot read users file %s: %s" % (args.users_file, e.strerror))
+    if args.backend == "file":
+        if not args.users_file:
+            raise StartupError("--backend file needs --users-file PATH")
+        return FileStore(args.users_file, args.refresh)
+    raise StartupError("backend %r is not available" % args.backend)
+
+
+# -- Serving machinery --------------------------------------------------------------------
+
+class WorkerPool:
+    """A bounded, lazily grown set of named daemon threads that run submitted calls.
+
+    A thread is started only when a call is submitted and none is idle, up to `size`."""
+
+    def __init__(self, name: str, size: int) -> None:
+        self.name, self.size = name, size
+        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._idle = threading.Semaphore(0)
+        self._threads: List[threading.Thread] = []
+
+    def submit(self, fn, *args) -> None:
+        self._queue.put((fn, args))
+        if self._idle.acquire(blocking=False) or len(self._threads) >= self.size:
+            return
+        thread = threading.Thread(target=self._run, daemon=True,
+                                  name="%s-worker-%d" % (self.name, len(self._threads) + 1))
+        self._threads.append(thread)
+        thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            fn, args = item
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("%s worker: unexpected error", self.name)
+            self._idle.release()
+
+    @property
+    def threads(self) -> int:
+        return len(self._threads)
+
+    def shutdown(self, timeout: float = 1.0) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        end = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, end - time.monotonic()))
+
+
+class Connection:
+    """One accepted client, owned by its server's loop thread (or by one worker at a time)."""
+
+    __slots__ = ("sock", "fd", "peer", "inbuf", "outbuf", "deadline", "state", "eof",
+                 "request", "after_write", "registered")
+
+    READING, BUSY, WRITING, LINGERING = range(4)
+
+    def __init__(self, sock: socket.socket, peer, deadline: float) -> None:
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.peer = peer
+        self.inbuf = b""
+        self.outbuf = b""
+        self.deadline = deadline
+        self.state = Connection.READING
+        self.eof = False
+        self.request = b""          # the complete request the handler reads
+        self.after_write = "close"  # after the reply: "close", "linger" or "keep"
+        self.registered = False     # known to the loop's epoll
+
+
+class BufferedRequestHandler(socketserver.StreamRequestHandler):
+    """A StreamRequestHandler that runs on one complete request the loop already read.
+
+    `self.request` is the Connection; `self.rfile` holds exactly the request bytes and
+    `self.wfile` collects the reply, which the loop sends without blocking.  Subclasses
+    implement handle() and the class methods request_length() and refusal().  handle() may set
+    `self.after` to "keep" (keep-alive), "linger" (an error: drain input before closing), or
+    "pending" (the reply comes later through server.complete(), e.g. after a commit)."""
+
+    recv_size = 4096
+
+    def setup(self) -> None:
+        self.connection = self.request.sock
+        self.rfile = io.BytesIO(self.request.request)
+        self.wfile = io.BytesIO()
+        self.after = "close"
+
+    def finish(self) -> None:
+        pass
+
+    @classmethod
+    def request_length(cls, buf: bytes, eof: bool) -> Optional[int]:
+        """Bytes of buf forming one complete request, None if more is needed, or raise
+        RequestTooLarge.  `eof` is True once the peer has closed its side."""
+        raise NotImplementedError
+
+    @classmethod
+    def refusal(cls, reason: str) -> bytes:
+        """The reply for a connection refused before its handler ran: reason is one of
+        'too-long', 'timeout', 'busy', 'denied', 'error'."""
+        raise NotImplementedError
+
+
+class PooledTCPServer(socketserver.ThreadingTCPServer):
+    """A ThreadingTCPServer that does not spawn a thread per connection.
+
+    serve_forever() runs one epoll loop that accepts clients and reads each request whole,
+    within the handler's size limit and one `deadline` per connection (a client trickling a
+    byte a second is dropped on time), so waiting clients cost no thread.  A complete request
+    runs its handler inline when `inline` is true (the store answers from memory), else on a
+    pool of at most `max_workers` threads.  Replies are sent by the loop without blocking.
+
+    Knobs (class or instance attributes): request_queue_size, deadline, idle_timeout,
+    max_connections, max_workers, inline.  Subclasses may override verify_request() (refused
+    clients get the handler's refusal('denied')).  complete() delivers a deferred reply from
+    any thread.  shutdown() stops accepting and lets replies in flight finish for at most
+    `drain_seconds`."""
+
+    request_queue_size = LISTEN_BACKLOG
+    allow_reuse_address = True
+    daemon_threads = True
+    deadline = CONNECTION_DEADLINE
+    idle_timeout = CONNECTION_DEADLINE
+    max_connections = MAX_CONNECTIONS
+    max_workers = MAX_WORKERS
+    drain_seconds = DRAIN_SECONDS
+    inline = True
+    label = "server"
+
+    def __init__(self, server_address: Tuple[str, int], handler_class,
+                 bind_and_activate: bool = True) -> None:
+        host = server_address[0]
+        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._conns: Dict[int, Connection] = {}
+        self._completed: deque = deque()
+        self._wake_pending = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._pool = WorkerPool(self.label, self.max_workers)
+        self._stopping = False
+        self._stopped = threading.Event()
+        self._stopped.set()
+        self._epoll = select.epoll()
+        super().__init__(server_address, handler_class, bind_and_activate)  # may server_close()
+        self.socket.setblocking(False)
+
+    def server_bind(self) -> None:
+        if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
+            try:        # '::' also takes IPv4 clients where the system allows it
+                self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            except OSError:
+                pass
+        super().server_bind()
+
+    @property
+    def address(self) -> str:
+        host, port = self.socket.getsockname()[:2]
+        return format_address(host, port)
+
+    @property
+    def port(self) -> int:
+        return self.socket.getsockname()[1]
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._conns)
+
+    @property
+    def worker_threads(self) -> int:
+        return self._pool.threads
+
+    def handle_error(self, request, client_address) -> None:
+        """One request's failure is logged (not printed to stderr) and never stops the server."""
+        log.exception("%s: error while serving %s", self.label, client_address)
+
+    # The loop ---------------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        self._stopped.clear()
+        ep = self._epoll
+        listen_fd = self.socket.fileno()
+        ep.register(listen_fd, select.EPOLLIN)
+        ep.register(self._wake_r, select.EPOLLIN)
+        conns = self._conns
+        sweep_every = max(0.01, min(0.25, self.deadline / 8, poll_interval))
+        next_sweep = time.monotonic() + sweep_every
+        drain_end = None
+        writable = select.EPOLLOUT
+        try:
+            while True:
+                if self._stopping and drain_end is None:
+                    drain_end = time.monotonic() + self.drain_seconds
+                    ep.unregister(listen_fd)
+                    self._close_idle()
+                if drain_end is not None and (not conns or time.monotonic() >= drain_end):
+                    break
+                events = ep.poll(sweep_every)
+                now = time.monotonic()
+                for fd, ev in events:
+                    if fd == listen_fd:
+                        self._accept(now)
+                    elif fd == self._wake_r:
+                        self._take_completed(now)
+                    else:
+                        conn = conns.get(fd)
+                        if conn is None:
+                            continue
+                        if conn.state == Connection.WRITING:
+                            if ev & writable:
+                                self._flush(conn, now)
+                            else:
+                                self._close(conn)      # an error or hang-up while writing
+                        else:
+                            self._read(conn, now)
+                if now >= next_sweep:
+                    next_sweep = now + sweep_every
+                    self._sweep(now)
+        finally:
+            for conn in list(conns.values()):
+                self._close(conn)
+            for fd in (listen_fd, self._wake_r):
+                try:
+                    ep.unregister(fd)
+                except (OSError, ValueError):
+                    pass
+            self._stopped.set()
+
+    def _accept(self, now: float) -> None:
+        conns = self._conns
+        for _ in range(64):          # a burst at a time, so connected clients keep moving
+            try:
+                sock, peer = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("%s: cannot accept: %s", self.label, e.strerror)
+                    time.sleep(0.01)  # let descriptors free up instead of spinning
+                return
+            # The socket stays in blocking mode: every recv/send passes MSG_DONTWAIT, which
+            # saves a system call per client.
+            conn = Connection(sock, peer, now + self.deadline)
+            if len(conns) >= self.max_connections:
+                self._refuse_now(conn, "busy")
+                continue
+            conns[conn.fd] = conn
+            if not self.verify_request(sock, peer):
+                self._reply(conn, self.RequestHandlerClass.refusal("denied"), "linger", now)
+            else:
+                self._read(conn, now)    # the request often came with the handshake
+
+    def _read(self, conn: Connection, now: float) -> None:
+        size = self.RequestHandlerClass.recv_size
+        for _ in range(4):     # what arrived together (data, then FIN) is read together
+            try:
+                data = conn.sock.recv(size, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                if not conn.registered:
+                    self._epoll.register(conn.fd, select.EPOLLIN)
+                    conn.registered = True
+                return
+            except OSError:
+                self._close(conn)
+                return
+            if conn.state == Connection.LINGERING:
+                if not data:
+                    self._close(conn)
+                    return
+                continue
+            if data:
+                if not conn.inbuf and conn.after_write == "keep":
+                    conn.deadline = now + self.deadline     # a keep-alive request has begun
+                conn.inbuf += data
+            else:
+                conn.eof = True
+            if self._try_request(conn, now):
+                return
+
+    def _try_request(self, conn: Connection, now: float) -> bool:
+        """Act on the buffered input; False when more input is needed."""
+        handler = self.RequestHandlerClass
+        try:
+            length = handler.request_length(conn.inbuf, conn.eof)
+        except RequestTooLarge:
+            conn.inbuf = b""
+            self._reply(conn, handler.refusal("too-long"), "linger", now)
+            return True
+        if length is None:
+            if conn.eof:                 # the peer left before finishing a request
+                self._close(conn)
+                return True
+            return False
+        conn.request, conn.inbuf = conn.inbuf[:length], conn.inbuf[length:]
+        if self.inline:
+            reply, after = self._run_handler(conn)
+            if after == "pending":
+                self._hold(conn)
+            else:
+                self._reply(conn, reply, after, now)
+        else:
+            self._hold(conn)
+            self._pool.submit(self._work, conn)
+        return True
+
+    def _hold(self, conn: Connection) -> None:
+        """Park a connection while its reply is being made elsewhere."""
+        conn.state = Connection.BUSY
+        if conn.registered:
+            self._epoll.unregister(conn.fd)
+            conn.registered = False
+
+    def _run_handler(self, conn: Connection) -> Tuple[bytes, str]:
+        try:
+            handler = self.RequestHandlerClass(conn, conn.peer, self)
+        except Exception:
+            self.handle_error(conn, conn.peer)
+            return self.RequestHandlerClass.refusal("error"), "linger"
+        return handler.wfile.getvalue(), handler.after
+
+    def _work(self, conn: Connection) -> None:
+        """On a worker thread: run the handler, then give the reply back to the loop."""
+        reply, after = self._run_handler(conn)
+        if after != "pending":
+            self.complete(conn, reply, after)
+
+    def complete(self, conn: Connection, reply: bytes, after: str = "close") -> None:
+        """Deliver the reply of a held connection; safe from any thread."""
+        self._completed.append((conn, reply, after))
+        if not self._wake_pending:          # one wake-up per batch, not per reply
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"\0")
+            except OSError:
+                pass                        # the pipe is full: the loop is waking up anyway
+
+    def _take_completed(self, now: float) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except OSError:
+            pass
+        # Cleared after reading the pipe and before draining: a complete() that finds it
+        # set is drained below, one that finds it clear writes a fresh wake-up byte.
+        self._wake_pending = False
+        while self._completed:
+            conn, reply, after = self._completed.popleft()
+            if self._conns.get(conn.fd) is conn and conn.state == Connection.BUSY:
+                conn.state = Connection.READING
+                self._reply(conn, reply, after, now)
+
+    def _reply(self, conn: Connection, data: bytes, after: str, now: float) -> None:
+        """Send what the socket takes now; the rest waits for EPOLLOUT."""
+        conn.after_write = after
+        if data:
+            try:
+                sent = conn.sock.send(data, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:
+                self._close(conn)
+                return
+            if sent < len(data):
+                conn.outbuf = data[sent:]
+                conn.state = Connection.WRITING
+                self._watch(conn, select.EPOLLOUT)
+                return
+        self._after_reply(conn, now)
+
+    def _watch(self, conn: Connection, events: int) -> None:
+        if conn.registered:
+            self._epoll.modify(conn.fd, events)
+        else:
+            self._epoll.register(conn.fd, events)
+            conn.registered = True
+
+    def _flush(self, conn: Connection, now: float) -> None:
+        try:
+            sent = conn.sock.send(conn.outbuf, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.outbuf = conn.outbuf[sent:]
+        if not conn.outbuf:
+            conn.state = Connection.READING
+            self._watch(conn, select.EPOLLIN)
+            self._after_reply(conn, now)
+
+    def _after_reply(self, conn: Connection, now: float) -> None:
+        after = conn.after_write
+        if after == "keep" and not conn.eof and not self._stopping:
+            conn.state = Connection.READING
+            conn.deadline = now + self.idle_timeout
+            if not (conn.inbuf and self._try_request(conn, now)):   # pipelined?
+                self._watch(conn, select.EPOLLIN)
+        elif after == "linger" and not conn.eof:
+            # Closing with unread input would send RST and could destroy the reply in
+            # flight: shut our side and discard what still comes, briefly.
+            conn.state = Connection.LINGERING
+            conn.deadline = now + LINGER_SECONDS
+            try:
+                conn.sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                self._close(conn)
+                return
+            self._watch(conn, select.EPOLLIN)
+        else:
+            self._close(conn)
+
+    def _refuse_now(self, conn: Connection, reason: str) -> None:
+        """Best-effort refusal for a client we will not even track (too many connections)."""
+        try:
+            conn.sock.send(self.RequestHandlerClass.refusal(reason), socket.MSG_DONTWAIT)
+        except OSError:
+            pass
+        conn.sock.close()
+
+    def _close(self, conn: Connection) -> None:
+        if self._conns.pop(conn.fd, None) is None:
+            return
+        conn.sock.close()          # closing the descriptor also removes it from epoll
+
+    def _sweep(self, now: float) -> None:
+        """Enforce the deadlines: a reading client past its deadline gets the timeout reply."""
+        for conn in [c for c in self._conns.values() if c.deadline <= now]:
+            if conn.state == Connection.READING:
+                if conn.inbuf or conn.after_write != "keep":
+                    conn.inbuf = b""
+                    self._reply(conn, self.RequestHandlerClass.refusal("timeout"), "close", now)
+                else:
+                    self._close(conn)                  # an idle keep-alive connection
+            elif conn.state in (Connection.WRITING, Connection.LINGERING):
+                self._close(conn)
+
+    def _close_idle(self) -> None:
+        """At shutdown: clients that have not sent anything yet are not kept waiting."""
+        for conn in list(self._conns.values()):
+            if conn.state == Connection.READING and not conn.inbuf:
+                self._close(conn)
+
+    # Control ----------------------------------------------------------------------------
+
+    def request_shutdown(self) -> None:
+        """Stop accepting and start draining; returns at once (see shutdown())."""
+        self._stopping = True
+        try:
+            os.write(self._wake_w, b"\0")
+        except OSError:
+            pass
+
+    def shutdown(self) -> None:
+        self.request_shutdown()
+        self._stopped.wait()
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown()
+        self._epoll.close()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+# -- Finger (RFC 1288) --------------------------------------------------------------------
+
+class FingerQuery(NamedTuple):
+    """A parsed finger query: /W given, the names asked for, whether it asks to forward."""
+    verbose: bool
+    names: Tuple[str, ...]
+    forwarding: bool
+
+
+def parse_query(line: str) -> FingerQuery:
+    """RFC 1288 §2.3: [/W] [user ...] [@host...]; CRLF or a bare LF, any whitespace."""
+    words = line.split()
+    verbose = bool(words) and words[0].upper() == "/W"
+    if verbose:
+        words = words[1:]
+    return FingerQuery(verbose, tuple(words), any("@" in w for w in words))
+
+
+def user_block(name: str, status: Optional[Status], verbose: bool, several: bool,
+               now: Optional[float] = None) -> List[str]:
+    """The lines answering one name."""
+    if status is None:
+        return ["%s: %s" % (shown_name(name), NO_SUCH_USER)] if several else [NO_SUCH_USER]
+    lines = [clean_line(line) for line in status.text.split("\n")]
+    if verbose:
+        return ["Login: %s" % name, "Set: %s" % format_time(status.set_at, now)] + lines
+    if several:
+        return ["%s: %s" % (name, lines[0])] + ["  " + line for line in lines[1:]]
+    return lines
+
+
+def list_lines(items: Sequence[Tuple[str, Status]]) -> List[str]:
+    """The user list: 'name: first line of status' per user."""
+    if not items:
+        return [NO_USERS]
+    lines = []
+    for name, status in items:
+        first, _, rest = status.text.partition("\n")
+        lines.append("%s: %s%s" % (name, clean_line(first), " \u2026" if rest else ""))
+    return lines
+
+
+def finger_reply(store: Store, query: FingerQuery, allow_list: bool = True) -> str:
+    """The whole answer to one query, lines ending in CRLF (RFC 1288 §2.2)."""
+    if query.forwarding:
+        lines = [FORWARDING_DENIED]
+    elif not query.names:
+        lines = list_lines(store.items()) if allow_list else [LIST_DENIED]
+    else:
+        several = len(query.names) > 1 or query.verbose
+        lines = []
+        for name in query.names[:MAX_NAMES_PER_QUERY]:
+            if lines and query.verbose:
+                lines.append("")
+            lines.extend(user_block(name, store.get(name), query.verbose, several))
+    return "\r\n".join(lines) + "\r\n"
+
+
+class FingerHandler(BufferedRequestHandler):
+    """Answers one finger query line, then the connection closes (RFC 1288 §2.1)."""
+
+    recv_size = MAX_QUERY + 2
+
+    @classmethod
+    def request_length(cls, buf, eof):
+        end = buf.find(b"\n")
+        if end >= 0:
+            if end > MAX_QUERY + 1:              # the line's text, not counting its CR
+                raise RequestTooLarge()
+            return end + 1
+        if len(buf) > MAX_QUERY + 1:
+            raise RequestTooLarge()
+        return len(buf) if eof and buf else None    # a query ended by half-close
+
+    @classmethod
+    def refusal(cls, reason):
+        text = {"too-long": QUERY_TOO_LONG, "timeout": TIMED_OUT, "busy": SERVER_BUSY,
+                "denied": "Access denied"}.get(reason, INTERNAL_ERROR)
+        return text.encode() + b"\r\n"
+
+    def handle(self) -> None:
+        self.wfile.write(self.server.answer(decode_peer(self.rfile.read())))
+
+
+class FingerServer(PooledTCPServer):
+    """The finger listener: a PooledTCPServer holding the store and the list policy."""
+
+    label = "finger"
+
+    def __init__(self, address, store: Store, allow_list: bool = True) -> None:
+        super().__init__(address, FingerHandler)
+        self.store = store
+        self.allow_list = allow_list
+        self.inline = not store.blocking
+        self._list_cache: Tuple[int, bytes] = (-1, b"")
+
+    def answer(self, line: str) -> bytes:
+        query = parse_query(line)
+        if not query.names and not query.forwarding and self.allow_list:
+            version, reply = self._list_cache      # 1,000 users are not re-listed per query
+            if version != self.store.version or self.store.blocking:
+                version = self.store.version
+                reply = finger_reply(self.store, query).encode("utf-8")
+                self._list_cache = (version, reply)
+            return reply
+        return finger_reply(self.store, query, self.allow_list).encode("utf-8")
+
+
+# -- Setter -------------------------------------------------------------------------------
+
+def parse_setter_request(data: bytes) -> Tuple[str, str]:
+    """'user\\nstatus line(s)\\n' -> (user, status text); raises BadName or BadStatus."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadStatus("not UTF-8 text")
+    user, _, status = text.replace("\r\n", "\n").partition("\n")
+    user = user.strip()
+    if not valid_name(user):
+        raise BadName("bad user name (1-%d letters, digits, '.', '_', '-'; no leading '-')"
+                      % MAX_NAME)
+    if status.count("\n") > MAX_STATUS_LINES:
+        raise BadStatus("status has too many lines (at most %d)" % MAX_STATUS_LINES)
+    return user, status
+
+
+class SetterHandler(BufferedRequestHandler):
+    """The tutorial's setter: a user line, status line(s), then the client half-closes."""
+
+    recv_size = 65536
+
+    @classmethod
+    def request_length(cls, buf, eof):
+        if len(buf) > MAX_SETTER_REQUEST:
+            raise RequestTooLarge()
+        return len(buf) if eof else None
+
+    @classmethod
+    def refusal(cls, reason):
+        text = {"too-long": "status too long (at most %d bytes)" % MAX_STATUS_BYTES,
+                "timeout": "timed out: send the user line, the status, then close your "
+                           "sending side (nc -N)",
+                "busy": "server busy, try again later",
+                "denied": "not allowed from this address"}.get(reason, "internal error")
+        return b"ERROR " + text.encode() + b"\r\n"
+
+    def handle(self) -> None:
+        try:
+            user, text = parse_setter_request(self.rfile.read())
+        except FingerdError as e:
+            self.wfile.write(self.server.outcome(user="?", peer=self.client_address, error=e))
+            return
+        conn, server, peer = self.request, self.server, self.client_address
+        self.after = "pending"       # answered once the write is durable
+        server.store.set_async(user, text, lambda error: server.complete(
+            conn, server.outcome(user, peer, error)))
+
+
+class SetterServer(PooledTCPServer):
+    """The setter listener, limited to the --setter-allow networks when any are given."""
+
+    label = "setter"
+
+    def __init__(self, address, store: Store, allow: Sequence = ()) -> None:
+        super().__init__(address, SetterHandler)
+        self.store = store
+        self.allow = list(allow)
+        self.inline = not store.blocking
+
+    def outcome(self, user: str, peer, error: Optional[FingerdError]) -> bytes:
+        """The setter's one-line answer for a finished write, logged."""
+        if error is None:
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("setter: %s set from %s", user, format_address(*peer[:2]))
+            return b"OK\r\n"
+        log.info("setter: refused a write for %r from %s: %s", user, format_address(*peer[:2]),
+                 error)
+        return b"ERROR " + str(error).encode("utf-8") + b"\r\n"
+
+    def verify_request(self, request, client_address) -> bool:
+        if not self.allow:
+            return True
+        try:
+            addr = ipaddress.ip_address(client_address[0].split("%")[0])
+        except ValueError:
+            return False
+        if getattr(addr, "ipv4_mapped", None):
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.allow)
+
+
+# -- Daemon plumbing ----------------------------------------------------------------------
+
+def raise_fd_limit() -> None:
+    """Lift the soft open-files limit to the hard one: every client is a descriptor."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        want = hard if hard != resource.RLIM_INFINITY else 65536
+        if soft < want:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    except (ImportError, ValueError, OSError):
+        pass
+
+
+def bind_server(label: str, endpoint: Tuple[str, int], factory):
+    """Construct and bind a listener; a failure is a StartupError naming the address."""
+    host, port = endpoint
+    if not host:
+        host = "::" if socket.has_ipv6 else "0.0.0.0"
+    try:
+        server = factory((host, port))
+    except OSError as e:
+        if host == "::" and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
+            return bind_server(label, ("0.0.0.0", port), factory)
+        hint = ""
+        if e.errno == errno.EACCES and port < 1024:
+            hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE; try --%s %d)" % (
+                label, port + 7900 if port < 100 else port + 7000)
+        raise StartupError("cannot listen for %s on %s: %s%s" % (
+            label, format_address(host, port), e.strerror or e, hint))
+    log.info("%s listening on %s", label, server.address)
+    return server
+
+
+class Daemon:
+    """The running program: the store, the listeners and their threads.
+
+    start() binds every listener first (so a busy port fails before anything is opened), then
+    opens the store and starts one serving thread per listener; stop() drains the listeners
+    together (at most DRAIN_SECONDS), then closes the store."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.store: Optional[Store] = None
+        self.servers: List[PooledTCPServer] = []
+        self.threads: List[threading.Thread] = []
+
+    def start(self) -> None:
+        args = self.args
+        raise_fd_limit()
+        # A thread ready to run (the sqlite writer after its fsync, a worker) waits for the
+        # GIL up to the switch interval while a loop is busy; 5 ms would be the floor of
+        # every acknowledged write's latency, 1 ms costs nothing measurable.
+        sys.setswitchinterval(0.001)
+        placeholder = MemoryStore()     # listeners are bound before the store is opened
+        try:
+            if args.finger:
+                self.servers.append(bind_server(
+                    "finger", args.finger,
+                    lambda addr: FingerServer(addr, placeholder, not args.no_list)))
+            if args.setter:
+                self.servers.append(bind_server(
+                    "setter", args.setter,
+                    lambda addr: SetterServer(addr, placeholder, args.setter_allow)))
+            self.store = open_store(args)
+        except FingerdError:
+            self.close()
+            raise
+        for server in self.servers:
+            server.store = self.store
+            server.inline = not self.store.blocking
+            thread = threading.Thread(target=server.serve_forever, args=(0.25,),
+                                      name=server.label + "-loop", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+        log.info("fingerd %s serving with the %s backend", __version__, self.store.name)
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.request_shutdown()
+        for thread in self.threads:
+            thread.join(DRAIN_SECONDS + 1)
+        self.close()
+
+    def close(self) -> None:
+        for server in self.servers:
+            server.server_close()
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+
+# -- Command line -------------------------------------------------------------------------
+
+def endpoint_arg(default_host: str = ""):
+    def parse(spec: str):
+        try:
+            return parse_endpoint(spec, default_host)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e))
+    return parse
+
+
+def network_arg(spec: str):
+    try:
+        return ipaddress.ip_network(spec, strict=False)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not an address or network: %r" % spec)
+
+
+def positive_float(spec: str) -> float:
+    try:
+        value = float(spec)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError("expected a positive number of seconds, got %r" % spec)
+    return value
+
+
+HELP_EPILOG = """\
+addresses:
+  [HOST:]PORT, [IPV6]:PORT or 'off'; a bare PORT listens on every address (IPv4 and IPv6),
+  port 0 lets the system choose. Each listener logs "NAME listening on HOST:PORT".
+
+examples:
+  fingerd --finger 7979                  an ordinary user: finger on 7979, setter on 1079
+  printf 'alice\\nGone fishing\\n' | nc -N 127.0.0.1 1079      set alice's status
+  printf 'alice\\r\\n' | nc localhost 7979                       finger her
+  fingerd --backend file --users-file /etc/users --no-list   the admin's file, no list
+
+exit status: 0 after SIGTERM/SIGINT, 1 when it cannot start, 2 for a usage error.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="fingerd",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="A finger daemon (RFC 1288) with a status setter, backed by sqlite, "
+                    "memory or an admin's users file.",
+        epilog=HELP_EPILOG)
+    store = parser.add_argument_group("store")
+    store.add_argument("--backend", choices=sorted(BACKENDS), default="sqlite",
+                       help="where statuses live (default: sqlite)")
+    store.add_argument("--db", metavar="PATH",
+                       help="sqlite database (default: fingerd.db in $STATE_DIRECTORY, else in "
+                            "the current directory)")
+    store.add_argument("--users-file", metavar="PATH",
+                       help="'user: status' lines: the file backend's data, or the memory "
+                            "backend's initial statuses")
+    store.add_argument("--refresh", metavar="SECONDS", type=positive_float,
+                       default=DEFAULT_REFRESH,
+                       help="how often the file backend checks its file for changes "
+                            "(default: %g)" % DEFAULT_REFRESH)
+    net = parser.add_argument_group("listeners")
+    net.add_argument("--finger", metavar="[HOST:]PORT|off", type=endpoint_arg(),
+                     default=parse_endpoint(DEFAULT_FINGER),
+                     help="finger service (default: %s)" % DEFAULT_FINGER)
+    net.add_argument("--setter", metavar="[HOST:]PORT|off", type=endpoint_arg(),
+                     default=parse_endpoint(DEFAULT_SETTER),
+                     help="status setter: 'user' line, status lines, half-close; answers OK "
+                          "or ERROR (default: %s)" % DEFAULT_SETTER)
+    net.add_argument("--http", metavar="[HOST:]PORT|off", type=endpoint_arg(),
+                     default=parse_endpoint(DEFAULT_HTTP),
+                     help="web pages and XML-RPC (default: %s)" % DEFAULT_HTTP)
+    net.add_argument("--setter-allow", metavar="CIDR", type=network_arg, action="append",
+                     default=[],
+                     help="only these addresses or networks may use the setter (repeatable; "
+                          "default: anyone who can reach it)")
+    net.add_argument("--no-list", action="store_true",
+                     help="answer an empty finger query with 'Finger online user list denied'")
+    parser.add_argument("--irc", metavar="HOST[:PORT]|off", default="off",
+                        help="IRC bot (not available in this version; only 'off')")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"],
+                        help="how much to log on stderr (default: info)")
+    parser.add_argument("--version", action="version", version="fingerd " + __version__)
+    return parser
+
+
+def configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s fingerd %(levelname)s: %(message)s",
+                                           "%Y-%m-%d %H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    if args.irc != "off":
+        print("fingerd: --irc is not available in this version", file=sys.stderr)
+        return 1
+    daemon = Daemon(args)
+    stop = threading.Event()
+    signals = []
+
+    def on_signal(signum, _frame):
+        signals.append(signum)
+        if len(signals) > 1 and signum == signal.SIGINT:
+            os._exit(1)               # a second Ctrl-C: no more waiting
+        stop.set()
+
+    try:
+        daemon.start()
+    except FingerdError as e:
+        print("fingerd: %s" % e, file=sys.stderr)
+        return 1
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, on_signal)
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping (%s)", signal.Signals(signals[0]).name)
+    daemon.stop()
+    log.info("stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

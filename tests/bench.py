@@ -1,0 +1,223 @@
+#!/usr/bin/env python3
+"""fingerd's benchmark (not a test; CI does not run it).
+
+    python3 tests/bench.py [compare.py options]    fingerd vs the Twisted peer vs the C limit,
+                                                   through ../shared/bench/compare.py
+    python3 tests/bench.py --own [--duration S]    fingerd alone, with this file's stdlib load
+
+--own prints: start-up time to the first finger answer, finger q/s at 1 and 32 clients with
+p50/p99, server CPU per query, RSS after the load, setter writes/s at 32 clients on sqlite
+(durable), and with 500 idle connections open: RSS, thread count and one query's answer time.
+Everything runs on 127.0.0.1 and stops by itself (bounded by --duration per load).
+"""
+import argparse
+import multiprocessing
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMPARE = os.path.join(os.path.dirname(ROOT), "shared", "bench", "compare.py")
+STATUS = b"Happy and well"
+
+
+def proc_value(pid, field):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def finger_once(port, user=b"alice", timeout=5.0):
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(user + b"\r\n")
+        return b"".join(iter(lambda: s.recv(65536), b""))
+
+
+def load_worker(port, proto, conns, duration, out):
+    """One process: keep `conns` queries in flight for `duration` seconds (epoll)."""
+    ep = select.epoll()
+    live = {}
+    latencies = []
+    errors = 0
+    seq = os.getpid() * 1000
+    end = time.monotonic() + duration
+
+    def start():
+        nonlocal seq
+        seq += 1
+        s = socket.socket()
+        s.setblocking(False)
+        s.connect_ex(("127.0.0.1", port))
+        if proto == "finger":
+            request = b"alice\r\n"
+        else:
+            request = b"user%d\nstatus %d\n" % (seq % 1000, seq)
+        live[s.fileno()] = [s, time.monotonic(), b"", request]
+        ep.register(s.fileno(), select.EPOLLOUT)
+
+    for _ in range(conns):
+        start()
+    while time.monotonic() < end:
+        for fd, ev in ep.poll(0.1):
+            entry = live.get(fd)
+            if entry is None:
+                continue
+            s = entry[0]
+            try:
+                if entry[3]:
+                    s.send(entry[3])
+                    if proto == "setter":
+                        s.shutdown(socket.SHUT_WR)
+                    entry[3] = b""
+                    ep.modify(fd, select.EPOLLIN)
+                    continue
+                data = s.recv(65536)
+            except OSError:
+                data, entry[2] = b"", b"ERROR"
+            if data:
+                entry[2] += data
+                continue
+            ep.unregister(fd)
+            del live[fd]
+            s.close()
+            ok = STATUS in entry[2] if proto == "finger" else entry[2].startswith(b"OK")
+            if ok:
+                latencies.append(time.monotonic() - entry[1])
+            else:
+                errors += 1
+            start()
+    for entry in live.values():
+        entry[0].close()
+    out.put((latencies, errors))
+
+
+def run_load(port, proto, concurrency, duration):
+    procs = 1 if concurrency == 1 else 2
+    out = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=load_worker,
+                                       args=(port, proto, concurrency // procs, duration, out))
+               for _ in range(procs)]
+    for w in workers:
+        w.start()
+    latencies, errors = [], 0
+    for _ in workers:
+        lat, err = out.get(timeout=duration + 30)
+        latencies += lat
+        errors += err
+    for w in workers:
+        w.join(10)
+    latencies.sort()
+
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(len(latencies) * p))] * 1e3 \
+            if latencies else float("nan")
+    return {"qps": len(latencies) / duration, "n": len(latencies), "errors": errors,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+
+
+def start_fingerd(workdir, *args):
+    fport, sport = free_port(), free_port()
+    argv = [sys.executable, os.path.join(ROOT, "fingerd.py"), *args,
+            "--finger", "127.0.0.1:%d" % fport, "--setter", "127.0.0.1:%d" % sport,
+            "--http", "off", "--log-level", "warning"]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL)
+    while time.perf_counter() - t0 < 20:
+        try:
+            if finger_once(fport, timeout=2):
+                return proc, fport, sport, time.perf_counter() - t0
+        except OSError:
+            time.sleep(0.002)
+    proc.kill()
+    raise SystemExit("bench: fingerd did not answer within 20 s")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def own(args):
+    workdir = tempfile.mkdtemp(prefix="fingerd-bench-")
+    users = os.path.join(workdir, "users.txt")
+    with open(users, "w") as f:
+        f.write("alice: Happy and well\n")
+        for i in range(1000):
+            f.write("user%d: status of user %d\n" % (i, i))
+    rows = []
+    proc, fport, _, startup = start_fingerd(workdir, "--backend", "file", "--users-file", users)
+    try:
+        rows.append(("start-up to first finger answer, ms", "%.0f" % (startup * 1e3)))
+        for conc in (1, 32):
+            c0 = cpu_seconds(proc.pid)
+            res = run_load(fport, "finger", conc, args.duration)
+            cpu = cpu_seconds(proc.pid) - c0
+            rows.append(("finger q/s, c=%d (p50 / p99 ms)" % conc, "%.0f (%.3f / %.2f)%s" % (
+                res["qps"], res["p50_ms"], res["p99_ms"],
+                "  errors %d" % res["errors"] if res["errors"] else "")))
+            if conc == 32:
+                rows.append(("server CPU us per finger query, c=32",
+                             "%.1f" % (cpu / max(1, res["n"]) * 1e6)))
+        rows.append(("RSS after the loads, MiB", "%.1f" % (proc_value(proc.pid, "VmRSS") / 1024)))
+        idle = [socket.create_connection(("127.0.0.1", fport)) for _ in range(500)]
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        ok = STATUS in finger_once(fport)
+        answer_ms = (time.perf_counter() - t0) * 1e3
+        rows.append(("500 idle conns: answer ms / threads / RSS MiB", "%s / %d / %.1f" % (
+            "%.2f" % answer_ms if ok else "WRONG", proc_value(proc.pid, "Threads"),
+            proc_value(proc.pid, "VmRSS") / 1024)))
+        for s in idle:
+            s.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    proc, _, sport, _ = start_fingerd(workdir, "--backend", "sqlite", "--db",
+                                      os.path.join(workdir, "bench.db"))
+    try:
+        c0 = cpu_seconds(proc.pid)
+        res = run_load(sport, "setter", 32, args.duration)
+        cpu = cpu_seconds(proc.pid) - c0
+        rows.append(("setter writes/s, c=32, sqlite durable (p99 ms)", "%.0f (%.2f)%s" % (
+            res["qps"], res["p99_ms"], "  errors %d" % res["errors"] if res["errors"] else "")))
+        rows.append(("server CPU us per setter write", "%.1f" % (cpu / max(1, res["n"]) * 1e6)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    shutil.rmtree(workdir, ignore_errors=True)
+    width = max(len(name) for name, _ in rows)
+    print("| %-*s | value |\n|%s|---:|" % (width, "metric", "-" * (width + 2)))
+    for name, value in rows:
+        print("| %-*s | %s |" % (width, name, value))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--own", action="store_true", help="fingerd alone, stdlib load")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds per load (--own)")
+    args, rest = parser.parse_known_args()
+    if not args.own and os.path.exists(COMPARE):
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, COMPARE, *rest])
+    if not args.own:
+        print("bench: %s not found; using --own" % COMPARE, file=sys.stderr)
+    own(args)
+
+
+if __name__ == "__main__":
+    main()

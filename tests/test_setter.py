@@ -1,0 +1,210 @@
+"""The setter: the tutorial protocol, its limits, access control and durability."""
+import ipaddress
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+import unittest
+
+from support import (Daemon, connect, fingerd, query, read_all, serve, set_status,
+                           temp_dir, write_file)
+
+
+class SetterParseTest(unittest.TestCase):
+    def test_user_and_status(self):
+        self.assertEqual(fingerd.parse_setter_request(b"alice\nGone fishing\n"),
+                         ("alice", "Gone fishing\n"))
+        self.assertEqual(fingerd.parse_setter_request(b" alice \r\none\r\ntwo"),
+                         ("alice", "one\ntwo"))
+
+    def test_refusals(self):
+        for data, error in [(b"-l\nx\n", fingerd.BadName), (b"\nx\n", fingerd.BadName),
+                            (b"a/b\nx\n", fingerd.BadName), (b"\xff\nx\n", fingerd.BadStatus),
+                            (b"alice\n" + b"x\n" * 102, fingerd.BadStatus)]:
+            with self.assertRaises(error, msg=data[:20]):
+                fingerd.parse_setter_request(data)
+
+
+class SetterServerTest(unittest.TestCase):
+    backend = "memory"
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        if self.backend == "sqlite":
+            self.store = fingerd.SQLiteStore(os.path.join(self.dir, "s.db"))
+        else:
+            self.store = fingerd.MemoryStore()
+        self.addCleanup(self.store.close)
+        self.server = serve(self, fingerd.SetterServer(("127.0.0.1", 0), self.store))
+        self.port = self.server.port
+
+    def test_half_close_sets_and_answers_ok(self):
+        self.assertEqual(set_status(self.server.port, "alice", "Gone fishing"), b"OK\r\n")
+        self.assertEqual(self.store.get("alice").text, "Gone fishing")
+
+    def test_multi_line_status(self):
+        self.assertEqual(query(self.port, b"bob\r\nline one\r\nline two\r\n", half_close=True),
+                         b"OK\r\n")
+        self.assertEqual(self.store.get("bob").text, "line one\nline two")
+
+    def test_tutorial_client_that_closes_fully(self):
+        with connect(self.port) as sock:
+            sock.sendall(b"carol\nAt lunch\n")
+        deadline = time.monotonic() + 5
+        while self.store.get("carol") is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        self.assertEqual(self.store.get("carol").text, "At lunch")
+
+    def test_bad_names_are_refused_and_not_stored(self):
+        for name in ["-rf", "a" * 33, "../x", "a b", "", "é"]:
+            reply = query(self.port, name.encode() + b"\nstatus\n", half_close=True)
+            self.assertTrue(reply.startswith(b"ERROR "), (name, reply))
+            self.assertTrue(reply.endswith(b"\r\n"))
+        self.assertEqual(self.store.users(), [])
+
+    def test_oversize_status_is_refused(self):
+        data = b"dave\n" + b"x" * (fingerd.MAX_STATUS_BYTES + 1) + b"\n"
+        reply = query(self.port, data, half_close=True)
+        self.assertTrue(reply.startswith(b"ERROR status too long"), reply)
+        self.assertIsNone(self.store.get("dave"))
+
+    def test_huge_upload_is_cut_off_early(self):
+        with connect(self.port) as sock:
+            reply = b""
+            try:
+                for _ in range(200):            # 12.8 MB offered; refused after 17 KB
+                    sock.sendall(b"y" * 65536)
+            except OSError:
+                pass
+            reply = read_all(sock)
+        self.assertTrue(reply.startswith(b"ERROR") or reply == b"", reply)
+        self.assertEqual(self.store.users(), [])
+
+    def test_too_many_lines_is_refused(self):
+        reply = query(self.port, b"erin\n" + b"l\n" * 101, half_close=True)
+        self.assertTrue(reply.startswith(b"ERROR"), reply)
+        self.assertIsNone(self.store.get("erin"))
+
+    def test_status_of_exactly_the_limits_is_stored(self):
+        self.assertEqual(query(self.port, b"erin\n" + b"l\n" * 100, half_close=True), b"OK\r\n")
+        text = "x" * fingerd.MAX_STATUS_BYTES
+        self.assertEqual(set_status(self.port, "fred", text), b"OK\r\n")
+        self.assertEqual(self.store.get("fred").text, text)
+
+    def test_empty_status_is_refused(self):
+        self.assertTrue(query(self.port, b"gina\n", half_close=True).startswith(b"ERROR"))
+
+    def test_not_utf8_is_refused(self):
+        reply = query(self.port, b"gina\n\xff\xfe\n", half_close=True)
+        self.assertTrue(reply.startswith(b"ERROR"), reply)
+
+    def test_control_characters_are_filtered_before_storing(self):
+        self.assertEqual(set_status(self.port, "hal", "\x1b[2J\x1b]0;x\x07ok\x00"), b"OK\r\n")
+        self.assertEqual(self.store.get("hal").text, "ok")
+
+    def test_client_that_never_half_closes_gets_an_explanation(self):
+        self.server.deadline = 0.5
+        with connect(self.port) as sock:
+            sock.sendall(b"ivan\nwaiting\n")
+            reply = read_all(sock)
+        self.assertTrue(reply.startswith(b"ERROR timed out"), reply)
+        self.assertIn(b"nc -N", reply)
+        self.assertIsNone(self.store.get("ivan"))
+
+    def test_concurrent_setters(self):
+        results = []
+
+        def writer(n):
+            for i in range(10):
+                results.append(set_status(self.port, "w%d" % n, "status %d" % i))
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        self.assertEqual(results, [b"OK\r\n"] * 160)
+        for n in range(16):
+            self.assertEqual(self.store.get("w%d" % n).text, "status 9")
+
+
+class SQLiteSetterServerTest(SetterServerTest):
+    backend = "sqlite"
+
+
+class AllowTest(unittest.TestCase):
+    def make(self, *nets):
+        store = fingerd.MemoryStore()
+        server = serve(self, fingerd.SetterServer(
+            ("127.0.0.1", 0), store, [ipaddress.ip_network(n) for n in nets]))
+        return store, server
+
+    def test_outside_the_allowed_networks_is_refused(self):
+        store, server = self.make("10.0.0.0/8", "::1/128")
+        reply = set_status(server.port, "alice", "sneaky")
+        self.assertEqual(reply, b"ERROR not allowed from this address\r\n")
+        self.assertIsNone(store.get("alice"))
+
+    def test_inside_is_allowed(self):
+        store, server = self.make("10.0.0.0/8", "127.0.0.0/8")
+        self.assertEqual(set_status(server.port, "alice", "fine"), b"OK\r\n")
+        self.assertEqual(store.get("alice").text, "fine")
+
+
+class ReadOnlyBackendTest(unittest.TestCase):
+    def test_file_backend_refuses_writes(self):
+        path = write_file(os.path.join(temp_dir(self), "users"), "alice: Happy\n")
+        store = fingerd.FileStore(path, refresh=3600)
+        self.addCleanup(store.close)
+        server = serve(self, fingerd.SetterServer(("127.0.0.1", 0), store))
+        reply = set_status(server.port, "alice", "hacked")
+        self.assertTrue(reply.startswith(b"ERROR") and b"read-only" in reply, reply)
+        self.assertEqual(store.get("alice").text, "Happy")
+
+
+class DurabilityTest(unittest.TestCase):
+    """kill -9 during a setter load: every status answered OK is in the database after."""
+
+    def test_every_acknowledged_write_survives_kill_9(self):
+        db = os.path.join(temp_dir(self), "fingerd.db")
+        daemon = Daemon(self, "--backend", "sqlite", "--db", db)
+        port = daemon.ports["setter"]
+        acknowledged = []
+        stop = threading.Event()
+
+        def writer(n):
+            seq = 0
+            while not stop.is_set():
+                seq += 1
+                user = "k%dn%d" % (n, seq)
+                try:
+                    reply = set_status(port, user, "status %d of %d" % (seq, n))
+                except OSError:
+                    return
+                if reply == b"OK\r\n":
+                    acknowledged.append(user)
+        threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        daemon.proc.send_signal(signal.SIGKILL)
+        daemon.wait()
+        stop.set()
+        for t in threads:
+            t.join(10)
+        self.assertGreater(len(acknowledged), 100, "the load did not get going")
+        with sqlite3.connect(db) as conn:
+            stored = {row[0] for row in conn.execute("SELECT user FROM statuses")}
+        lost = [user for user in acknowledged if user not in stored]
+        self.assertEqual(lost, [], "%d of %d acknowledged writes lost" % (len(lost),
+                                                                        len(acknowledged)))
+        # and fingerd itself serves them after a restart on the same database
+        again = Daemon(self, "--backend", "sqlite", "--db", db)
+        user = acknowledged[-1]
+        reply = query(again.ports["finger"], user.encode() + b"\r\n")
+        self.assertTrue(reply.startswith(b"status "), reply)
+
+
+if __name__ == "__main__":
+    unittest.main()

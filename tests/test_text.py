@@ -1,0 +1,92 @@
+"""Text helpers: names, filtering of control characters and escapes, endpoints."""
+import unittest
+
+from support import fingerd
+
+
+class NameTest(unittest.TestCase):
+    def test_valid_names(self):
+        for name in ["alice", "a", "Bob.Smith", "x_y-z", "_svc", "9lives", "a" * 32]:
+            self.assertTrue(fingerd.valid_name(name), name)
+
+    def test_invalid_names(self):
+        for name in ["", "-l", "--help", "a" * 33, "a/b", "../etc", "a b", "a\x00", "é",
+                     "a@b", "a:b", "a\n", "\u202ealice"]:
+            self.assertFalse(fingerd.valid_name(name), repr(name))
+
+
+class FilterTest(unittest.TestCase):
+    def test_plain_text_is_unchanged(self):
+        self.assertEqual(fingerd.clean_line("Happy and well, café ☕"), "Happy and well, café ☕")
+
+    def test_tab_is_kept(self):
+        self.assertEqual(fingerd.clean_line("a\tb"), "a\tb")
+
+    def test_c0_del_c1_are_removed(self):
+        self.assertEqual(fingerd.clean_line("a\x00b\x07c\x08d\x7fe\x85f\x80g\x9b"), "abcdefg")
+
+    def test_csi_sequences_are_removed_whole(self):
+        self.assertEqual(fingerd.clean_line("\x1b[31mred\x1b[0m \x1b[2J\x1b[H!"), "red !")
+        self.assertEqual(fingerd.clean_line("\x9b31mred"), "red")
+
+    def test_osc_sequences_are_removed_whole(self):
+        self.assertEqual(fingerd.clean_line("\x1b]0;pwned title\x07ok"), "ok")
+        self.assertEqual(fingerd.clean_line("\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\"),
+                         "link")
+        self.assertEqual(fingerd.clean_line("\x1bPdevice control\x1b\\ok"), "ok")
+
+    def test_lone_escape_and_two_byte_escapes(self):
+        self.assertEqual(fingerd.clean_line("a\x1bcb\x1b"), "ab")
+
+    def test_bidi_overrides_are_removed(self):
+        self.assertEqual(fingerd.clean_line("abc\u202edef\u2066x\u2069"), "abcdefx")
+
+    def test_clean_text_normalises_line_endings(self):
+        self.assertEqual(fingerd.clean_text("one\r\ntwo\rthree\nfour\u2028five  \n\n"),
+                         "one\ntwo\nthree\nfour\nfive")
+
+    def test_clean_text_line_breaks_cannot_hide_in_escapes(self):
+        self.assertEqual(fingerd.clean_text("\x1b[1mbold\x1b[0m\r\n\x00x"), "bold\nx")
+
+    def test_decode_peer_replaces_invalid_utf8(self):
+        # invalid, overlong encoding of '/', an encoded surrogate
+        text = fingerd.decode_peer(b"a\xffb\xc0\xafc\xed\xa0\x80d")
+        self.assertNotIn("/", text)
+        self.assertEqual(text.replace("\ufffd", ""), "abcd")
+        text.encode("utf-8")          # no lone surrogates survive
+
+    def test_shown_name_is_cut_and_filtered(self):
+        self.assertEqual(fingerd.shown_name("\x1b[31m" + "x" * 40), "x" * 32 + "\u2026")
+
+
+class EndpointTest(unittest.TestCase):
+    def test_forms(self):
+        parse = fingerd.parse_endpoint
+        self.assertEqual(parse("79"), ("", 79))
+        self.assertEqual(parse("127.0.0.1:1079"), ("127.0.0.1", 1079))
+        self.assertEqual(parse("[::]:79"), ("::", 79))
+        self.assertEqual(parse("[::1]:0"), ("::1", 0))
+        self.assertEqual(parse("localhost:8000"), ("localhost", 8000))
+        self.assertIsNone(parse("off"))
+        self.assertIsNone(parse("OFF"))
+
+    def test_bad_forms(self):
+        for spec in ["", "x", "70000", "-1", "::1:79", "[::1]79", "[::1", "1.2.3.4:"]:
+            with self.assertRaises(ValueError, msg=spec):
+                fingerd.parse_endpoint(spec)
+
+    def test_format_address(self):
+        self.assertEqual(fingerd.format_address("::1", 79), "[::1]:79")
+        self.assertEqual(fingerd.format_address("10.0.0.1", 79), "10.0.0.1:79")
+
+
+class TimeTest(unittest.TestCase):
+    def test_format_time(self):
+        self.assertEqual(fingerd.format_time(0), "unknown")
+        self.assertEqual(fingerd.format_time(86400 * 2, now=86400 * 2 + 7200),
+                         "1970-01-03 00:00:00 UTC (2 hours ago)")
+        self.assertTrue(fingerd.format_time(100, now=100).endswith("(just now)"))
+
+
+if __name__ == "__main__":
+    unittest.main()
