@@ -814,9 +814,11 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
 
     def _accept(self, now: float) -> None:
         conns = self._conns
+        accept = self.socket._accept        # socket.accept() minus its enum conversions
+        family = int(self.address_family)
         for _ in range(64):          # a burst at a time, so connected clients keep moving
             try:
-                sock, peer = self.socket.accept()
+                fd, peer = accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -826,6 +828,7 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
                 return
             # The socket stays in blocking mode: every recv/send passes MSG_DONTWAIT, which
             # saves a system call per client.
+            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             conn = Connection(sock, peer, now + self.deadline)
             if len(conns) >= self.max_connections:
                 self._refuse_now(conn, "busy")
@@ -1447,13 +1450,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             os._exit(1)               # a second Ctrl-C: no more waiting
         stop.set()
 
+    for signum in (signal.SIGTERM, signal.SIGINT):     # before anything can be served
+        signal.signal(signum, on_signal)
     try:
         daemon.start()
     except FingerdError as e:
         print("fingerd: %s" % e, file=sys.stderr)
         return 1
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, on_signal)
     while not stop.wait(1.0):
         pass
     log.info("stopping (%s)", signal.Signals(signals[0]).name)
