@@ -28,7 +28,11 @@ Standard library only, Python 3.9+.  Copy this one file anywhere and run it.
 """
 
 import argparse
+import email.utils
 import errno
+import html
+import http.client
+import http.server
 import io
 import ipaddress
 import logging
@@ -43,6 +47,9 @@ import sqlite3
 import sys
 import threading
 import time
+import urllib.parse
+import xmlrpc.client
+import zlib
 from collections import deque
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -116,12 +123,16 @@ class StoreUnavailable(FingerdError):
 
 
 class RequestTooLarge(FingerdError):
-    """A peer sent more than the protocol allows before completing a request."""
+    """A peer sent more than the protocol allows before completing a request.
+
+    The message names which limit ('too-long' unless a protocol distinguishes more, as HTTP
+    does: 'uri', 'headers', 'body'); it is passed to the handler's refusal()."""
 
 
 # -- Text helpers -------------------------------------------------------------------------
 
-NAME_RE = re.compile(r"[A-Za-z0-9._][A-Za-z0-9._-]{0,%d}\Z" % (MAX_NAME - 1))
+# Names made only of dots ('.', '..') are refused: they are paths, not people.
+NAME_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9._][A-Za-z0-9._-]{0,%d}\Z" % (MAX_NAME - 1))
 
 # Terminal escape sequences are removed whole, so that no "[31m" residue is left behind:
 # OSC/DCS/SOS/PM/APC strings (to BEL or ST), CSI sequences (7- and 8-bit), other ESC forms.
@@ -636,7 +647,7 @@ class Connection:
     """One accepted client, owned by its server's loop thread (or by one worker at a time)."""
 
     __slots__ = ("sock", "fd", "peer", "inbuf", "outbuf", "deadline", "state", "eof",
-                 "request", "after_write", "registered")
+                 "request", "after_write", "registered", "interim_sent")
 
     READING, BUSY, WRITING, LINGERING = range(4)
 
@@ -652,6 +663,7 @@ class Connection:
         self.request = b""          # the complete request the handler reads
         self.after_write = "close"  # after the reply: "close", "linger" or "keep"
         self.registered = False     # known to the loop's epoll
+        self.interim_sent = False   # an interim reply went out for the request being read
 
 
 class BufferedRequestHandler(socketserver.StreamRequestHandler):
@@ -664,6 +676,7 @@ class BufferedRequestHandler(socketserver.StreamRequestHandler):
     "pending" (the reply comes later through server.complete(), e.g. after a commit)."""
 
     recv_size = 4096
+    interim = None      # optional class method: buffered incomplete request -> bytes to send
 
     def setup(self) -> None:
         self.connection = self.request.sock
@@ -711,6 +724,7 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
     max_workers = MAX_WORKERS
     drain_seconds = DRAIN_SECONDS
     inline = True
+    nodelay = False      # TCP_NODELAY for protocols that write several segments per exchange
     label = "server"
 
     def __init__(self, server_address: Tuple[str, int], handler_class,
@@ -730,6 +744,8 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
         self._epoll = select.epoll()
         super().__init__(server_address, handler_class, bind_and_activate)  # may server_close()
         self.socket.setblocking(False)
+        if self.nodelay:     # Linux gives accepted sockets the listener's TCP_NODELAY
+            self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def server_bind(self) -> None:
         if self.address_family == socket.AF_INET6 and self.server_address[0] == "::":
@@ -871,15 +887,24 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
         handler = self.RequestHandlerClass
         try:
             length = handler.request_length(conn.inbuf, conn.eof)
-        except RequestTooLarge:
+        except RequestTooLarge as e:
             conn.inbuf = b""
-            self._reply(conn, handler.refusal("too-long"), "linger", now)
+            self._reply(conn, handler.refusal(str(e) or "too-long"), "linger", now)
             return True
         if length is None:
             if conn.eof:                 # the peer left before finishing a request
                 self._close(conn)
                 return True
+            if handler.interim is not None and not conn.interim_sent:
+                note = handler.interim(conn.inbuf)    # e.g. HTTP's "100 Continue"
+                if note:
+                    conn.interim_sent = True
+                    try:
+                        conn.sock.send(note, socket.MSG_DONTWAIT)
+                    except OSError:
+                        pass
             return False
+        conn.interim_sent = False
         conn.request, conn.inbuf = conn.inbuf[:length], conn.inbuf[length:]
         if self.inline:
             reply, after = self._run_handler(conn)
@@ -1244,6 +1269,444 @@ class SetterServer(PooledTCPServer):
         return any(addr in net for net in self.allow)
 
 
+# -- Web pages and XML-RPC ----------------------------------------------------------------
+
+MAX_REQUEST_LINE = 8 * 1024           # longer: 414 (http.server allows 64 KiB)
+MAX_HEAD = 64 * 1024                  # request line and header fields: 431 beyond
+MAX_HEADERS = 100                     # header fields: 431 beyond
+MAX_RPC_BODY = 64 * 1024              # an XML-RPC call is small: 413 beyond
+HTTP_IDLE_TIMEOUT = 15.0              # keep-alive connections idle this long are closed
+
+_HEAD_END = re.compile(rb"\r?\n\r?\n")
+_CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r?$")
+_EXPECT_CONTINUE = re.compile(rb"(?im)^expect[ \t]*:[ \t]*100-continue[ \t]*\r?$")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+
+PAGE_STYLE = (
+    ":root{color-scheme:light dark;--fg:#1d1d1f;--bg:#fbfbfa;--muted:#6b6b70;--line:#e4e4e0;"
+    "--link:#0b57d0}"
+    "@media (prefers-color-scheme:dark){:root{--fg:#e8e8e6;--bg:#151517;--muted:#9a9aa0;"
+    "--line:#2c2c30;--link:#8ab4f8}}"
+    "*{box-sizing:border-box}"
+    "body{margin:0;background:var(--bg);color:var(--fg);"
+    "font:16px/1.5 system-ui,-apple-system,'Segoe UI',Roboto,sans-serif}"
+    "main{max-width:44rem;margin:0 auto;padding:1.5rem 1rem 3rem}"
+    "h1{font-size:1.5rem;margin:0 0 1rem;overflow-wrap:anywhere}"
+    "a{color:var(--link)}"
+    "ul{list-style:none;margin:0;padding:0}"
+    "li{padding:.6rem 0;border-bottom:1px solid var(--line);display:flex;flex-wrap:wrap;"
+    "gap:.25rem 1rem}"
+    "li a{font-weight:600;min-width:8rem}"
+    ".status{white-space:pre-wrap;overflow-wrap:anywhere;flex:1 1 16rem}"
+    "p.status{font-size:1.1rem;margin:0 0 1rem}"
+    ".meta,footer{color:var(--muted);font-size:.9rem}"
+    "footer{margin-top:2rem}"
+    "code{font-family:ui-monospace,monospace}")
+# base64(SHA-256(PAGE_STYLE)), a constant so that start-up need not load OpenSSL's hashlib;
+# tests/test_web.py recomputes it and says the new value when the stylesheet changes.
+PAGE_STYLE_SHA256 = "OrCJm7roSNK9ZKPS9JPyxFgeGQviKu0RFa+k71bSVdo="
+# No scripts, no external anything; the one inline stylesheet is allowed by its hash.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; style-src 'sha256-%s'; base-uri 'none'; form-action 'none'; "
+    "frame-ancestors 'none'" % PAGE_STYLE_SHA256)
+SECURITY_HEADERS = (
+    "Content-Security-Policy: %s\r\nX-Content-Type-Options: nosniff\r\n"
+    "Referrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n" % CONTENT_SECURITY_POLICY)
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete HTML5 document; title and body must already be escaped."""
+    return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            "<title>%s</title>\n<style>%s</style>\n</head>\n<body>\n<main>\n%s\n"
+            '<footer>fingerd %s &middot; also by <code>finger</code> and XML-RPC at '
+            "<code>/RPC2</code></footer>\n</main>\n</body>\n</html>\n"
+            % (title, PAGE_STYLE, body, __version__))
+
+
+def user_link(name: str) -> str:
+    """A link to a user's page, relative so the pages also work under a path prefix."""
+    return '<a href="./%s">%s</a>' % (urllib.parse.quote(name, safe=""),
+                                      html.escape(name))
+
+
+def status_html(text: str) -> str:
+    """A status as HTML text: every line filtered, then escaped; the lines kept by CSS."""
+    return html.escape("\n".join(clean_line(line) for line in text.split("\n")))
+
+
+def iso_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def render_user_list(items: Sequence[Tuple[str, Status]]) -> str:
+    """The front page: every user, linked to their page, with their status."""
+    rows = ['<li>%s <span class="status">%s</span></li>' % (user_link(name),
+                                                            status_html(status.text))
+            for name, status in items]
+    body = ("<h1>Who is doing what</h1>\n<ul>\n%s\n</ul>" % "\n".join(rows) if rows
+            else "<h1>Who is doing what</h1>\n<p>Nobody has set a status yet.</p>")
+    return html_page("fingerd: %d user%s" % (len(rows), "" if len(rows) == 1 else "s"), body)
+
+
+def render_user(name: str, status: Status) -> str:
+    """One user's page: the status (lines kept) and when it was set."""
+    when = ('<p class="meta">Set <time datetime="%s">%s</time></p>\n'
+            % (iso_time(status.set_at), html.escape(format_time(status.set_at).split(" (")[0]))
+            if status.set_at else "")
+    body = ('<h1>%s</h1>\n<p class="status">%s</p>\n%s<p><a href="./">All users</a></p>'
+            % (html.escape(name), status_html(status.text), when))
+    return html_page("%s - fingerd" % html.escape(name), body)
+
+
+def render_error(code: int, reason: str, detail: str) -> str:
+    """A friendly error page; detail must already be escaped."""
+    return html_page("%d %s" % (code, html.escape(reason)),
+                     "<h1>%s</h1>\n<p>%s</p>\n<p><a href=\"/\">All users</a></p>"
+                     % (html.escape(reason), detail))
+
+
+class Page(NamedTuple):
+    """A rendered response body with the validators that make 304 answers possible."""
+    body: bytes
+    etag: str
+    last_modified: float
+    content_type: str = "text/html; charset=utf-8"
+
+
+def make_page(text: str, last_modified: float,
+              content_type: str = "text/html; charset=utf-8") -> Page:
+    body = text.encode("utf-8")
+    # A strong validator from the content: equal bodies, equal tags, across restarts too.
+    return Page(body, '"%x-%08x"' % (len(body), zlib.crc32(body)), last_modified,
+                content_type)
+
+
+def rpc_dispatcher(store_of: Callable[[], Store]):
+    """getUser, getUsers and the system.* introspection and multicall methods.
+
+    xmlrpc.server is imported here, at the first call, not at start-up: it brings pydoc."""
+    from xmlrpc.server import SimpleXMLRPCDispatcher
+    dispatcher = SimpleXMLRPCDispatcher(allow_none=False, encoding="utf-8",
+                                        use_builtin_types=True)
+
+    def get_user(user):
+        """getUser(user) -> the user's status, or the finger server's unknown-user text."""
+        if not isinstance(user, str):
+            raise TypeError("getUser takes one string, the user name")
+        status = store_of().get(user)
+        return NO_SUCH_USER if status is None else "\n".join(
+            clean_line(line) for line in status.text.split("\n"))
+
+    def get_users():
+        """getUsers() -> the sorted list of user names."""
+        return store_of().users()
+
+    dispatcher.register_function(get_user, "getUser")
+    dispatcher.register_function(get_users, "getUsers")
+    dispatcher.register_introspection_functions()
+    dispatcher.register_multicall_functions()
+    return dispatcher
+
+
+_date_cache = [0, ""]
+
+
+def http_date(epoch: Optional[float] = None) -> str:
+    """An IMF-fixdate; the current one is formatted once a second."""
+    if epoch is not None:
+        return email.utils.formatdate(epoch, usegmt=True)
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[:] = [now, email.utils.formatdate(now, usegmt=True)]
+    return _date_cache[1]
+
+
+class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive: the pages, and XML-RPC at /RPC2 (POST only).
+
+    The loop frames each request (head, then a Content-Length body) within the limits above, so
+    parse_request() here reads only complete, bounded input.  Replies are built as bytes with
+    the security headers on every one; access lines go to logging, never to stderr."""
+
+    recv_size = 65536
+    protocol_version = "HTTP/1.1"
+    server_version = "fingerd/" + __version__
+    sys_version = ""
+
+    @classmethod
+    def request_length(cls, buf, eof):
+        start = len(buf) - len(buf.lstrip(b"\r\n"))     # stray CRLFs between requests
+        line_end = buf.find(b"\n", start)
+        if (line_end < 0 and len(buf) - start > MAX_REQUEST_LINE + 1) \
+                or line_end - start > MAX_REQUEST_LINE + 1:
+            raise RequestTooLarge("uri")
+        match = _HEAD_END.search(buf, max(start, line_end - 1)) if line_end >= 0 else None
+        if match is None:
+            if len(buf) - start > MAX_HEAD:
+                raise RequestTooLarge("headers")
+            return None
+        head_end = match.end()
+        head = buf[start:head_end]
+        if len(head) > MAX_HEAD or head.count(b"\n") > MAX_HEADERS + 2:
+            raise RequestTooLarge("headers")
+        lengths = _CONTENT_LENGTH.findall(head)
+        if len(lengths) != 1 or int(lengths[0]) > MAX_RPC_BODY:
+            return head_end          # no body to wait for; the handler judges the rest
+        end = head_end + int(lengths[0])
+        return end if len(buf) >= end else None
+
+    @classmethod
+    def interim(cls, buf):
+        """Tell a client that waits for it (curl, for bodies over 1 KiB) to send the body."""
+        match = _HEAD_END.search(buf)
+        if match and _EXPECT_CONTINUE.search(buf, 0, match.end()):
+            return b"HTTP/1.1 100 Continue\r\n\r\n"
+        return b""
+
+    @classmethod
+    def refusal(cls, reason):
+        code = {"uri": 414, "headers": 431, "body": 413, "timeout": 408, "busy": 503,
+                "denied": 403, "too-long": 413}.get(reason, 500)
+        return cls.error_response(code, close=True)
+
+    @classmethod
+    def error_response(cls, code: int, detail: str = "", close: bool = False,
+                       head_only: bool = False, extra: str = "") -> bytes:
+        reason = http.server.BaseHTTPRequestHandler.responses.get(code, ("Error",))[0]
+        text = detail or {404: "There is no such user here.",
+                          408: "The request took too long to arrive."}.get(code, reason + ".")
+        body = render_error(code, reason, html.escape(text)).encode("utf-8")
+        return cls.response_bytes(code, body, "text/html; charset=utf-8", close=close,
+                                  head_only=head_only, extra="Cache-Control: no-store\r\n" + extra)
+
+    @classmethod
+    def response_bytes(cls, code: int, body: bytes, content_type: str, close: bool = False,
+                       head_only: bool = False, extra: str = "") -> bytes:
+        reason = http.server.BaseHTTPRequestHandler.responses.get(code, ("",))[0]
+        head = ("HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s"
+                "Content-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+                % (code, reason, http_date(), cls.server_version, SECURITY_HEADERS, extra,
+                   content_type, len(body), "Connection: close\r\n" if close else ""))
+        return head.encode("latin-1") + (b"" if head_only or code == 304 else body)
+
+    # Request parsing -----------------------------------------------------------------------
+
+    def handle(self) -> None:
+        self.close_connection = True
+        self.command = ""
+        self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 3)
+        while self.raw_requestline in (b"\r\n", b"\n"):
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 3)
+        if self.parse_request():
+            self.route()
+        self.after = "close" if self.close_connection else "keep"
+
+    def parse_request(self) -> bool:
+        """The request line and header fields, strictly (http.server's own pass goes through
+        the email parser and costs more than the rest of a request)."""
+        line = self.raw_requestline.decode("latin-1").rstrip("\r\n")
+        self.requestline = line
+        words = line.split(" ")
+        if len(words) != 3 or not words[0] or not words[1]:
+            return self.fail(400, "The request line is not METHOD TARGET HTTP/1.x.")
+        self.command, self.path, self.request_version = words
+        version = self.request_version
+        if not version.startswith("HTTP/1.") or version not in ("HTTP/1.0", "HTTP/1.1"):
+            if re.match(r"HTTP/\d+\.\d+\Z", version):
+                return self.fail(505, "Only HTTP/1.0 and HTTP/1.1 are spoken here.")
+            return self.fail(400, "Bad protocol version.")
+        if not _TOKEN.match(self.command):
+            return self.fail(400, "Bad method.")
+        headers = http.client.HTTPMessage()
+        while True:
+            raw = self.rfile.readline(MAX_HEAD + 1)
+            if raw in (b"\r\n", b"\n", b""):
+                break
+            name, colon, value = raw.decode("latin-1").partition(":")
+            if not colon or not _TOKEN.match(name):     # also refuses obsolete line folding
+                return self.fail(400, "Bad header field.")
+            headers[name] = value.strip(" \t\r\n")
+        self.headers = headers
+        connection = headers.get("Connection", "").lower()
+        if "close" in connection:
+            self.close_connection = True
+        elif "keep-alive" in connection:
+            self.close_connection = False
+        else:
+            self.close_connection = version == "HTTP/1.0"
+        if version == "HTTP/1.1" and "Host" not in headers:
+            return self.fail(400, "HTTP/1.1 requests need a Host header.")
+        return True
+
+    # Replies -----------------------------------------------------------------------------
+
+    def send(self, data: bytes, code: int) -> None:
+        self.wfile.write(data)
+        self.log_request(code, len(data))
+
+    def fail(self, code: int, detail: str = "", close: bool = False, extra: str = "") -> bool:
+        """Answer an error page; a framing error also closes the connection."""
+        if close or code in (400, 411, 413, 414, 431, 505):
+            self.close_connection = True
+        self.send(self.error_response(code, detail, self.close_connection,
+                                      self.command == "HEAD", extra), code)
+        return False
+
+    def send_error(self, code, message=None, explain=None):
+        self.fail(code, explain or message or "")
+
+    def log_request(self, code="-", size="-"):
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("http %s %r %s %s", format_address(*self.client_address[:2]),
+                      self.requestline[:200], code, size)
+
+    def log_message(self, format, *args):
+        log.info("http %s: %s", format_address(*self.client_address[:2]), format % args)
+
+    def send_page(self, page: Page) -> None:
+        """200 with validators, or 304 when the client's copy is current."""
+        extra = "ETag: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n" % (
+            page.etag, http_date(page.last_modified))
+        code = 304 if self.not_modified(page) else 200
+        self.send(self.response_bytes(code, page.body, page.content_type,
+                                      self.close_connection, self.command == "HEAD", extra), code)
+
+    def not_modified(self, page: Page) -> bool:
+        match = self.headers.get("If-None-Match")
+        if match is not None:
+            tags = [t.strip() for t in match.split(",")]
+            return "*" in tags or page.etag in tags or "W/" + page.etag in tags
+        since = self.headers.get("If-Modified-Since")
+        if since and page.last_modified:
+            try:
+                when = email.utils.parsedate_to_datetime(since).timestamp()
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return False
+            return int(page.last_modified) <= when
+        return False
+
+    # Routing -----------------------------------------------------------------------------
+
+    def route(self) -> None:
+        target = self.path
+        if target.startswith(("http://", "https://")):     # absolute-form (RFC 7230 §5.3.2)
+            target = urllib.parse.urlsplit(target).path or "/"
+        path = target.partition("?")[0].partition("#")[0]
+        if not path.startswith("/"):
+            self.fail(400, "The request target must be a path.")
+            return
+        try:
+            path = urllib.parse.unquote_to_bytes(path).decode("utf-8")
+        except UnicodeDecodeError:
+            self.fail(400, "The path is not UTF-8.")
+            return
+        if not path.isprintable():          # NUL, other controls, invisible characters
+            self.fail(400, "The path has control characters.")
+            return
+        if path == "/RPC2":
+            if self.command == "POST":
+                self.xmlrpc()
+            else:
+                self.fail(405, "XML-RPC takes POST.", extra="Allow: POST\r\n")
+            return
+        if self.command not in ("GET", "HEAD"):
+            code = 405 if self.command in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS") \
+                else 501
+            self.fail(code, "This page takes GET and HEAD.", extra="Allow: GET, HEAD\r\n")
+            return
+        page = self.server.page(path)
+        if page is None:
+            self.fail(404)
+        else:
+            self.send_page(page)
+
+    def xmlrpc(self) -> None:
+        headers = self.headers
+        if "Transfer-Encoding" in headers:
+            self.fail(411, "Send a Content-Length; chunked bodies are not accepted.")
+            return
+        lengths = headers.get_all("Content-Length") or []
+        if not lengths:
+            self.fail(411, "POST needs a Content-Length.")
+            return
+        if len(set(lengths)) != 1 or not lengths[0].isdigit():
+            self.fail(400, "Bad Content-Length.")
+            return
+        length = int(lengths[0])
+        if length > MAX_RPC_BODY:
+            self.fail(413, "XML-RPC calls are limited to %d bytes." % MAX_RPC_BODY)
+            return
+        encoding = headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding != "identity":
+            self.fail(415, "Compressed bodies are not accepted.")
+            return
+        body = self.rfile.read(length)
+        if len(body) != length:
+            self.fail(400, "The body is shorter than its Content-Length.")
+            return
+        if re.search(rb"<!(?:DOCTYPE|ENTITY)", body, re.I):
+            # DTDs bring entity expansion ("billion laughs") and external entities.
+            reply = xmlrpc.client.dumps(xmlrpc.client.Fault(
+                1, "DTDs and entities are not accepted"), methodresponse=True)
+            data = reply.encode("utf-8")
+        else:
+            data = self.server.rpc()._marshaled_dispatch(body)
+        self.send(self.response_bytes(200, data, "text/xml; charset=utf-8",
+                                      self.close_connection), 200)
+
+
+class WebServer(PooledTCPServer):
+    """The HTTP listener: pages rendered once per store change, XML-RPC at /RPC2."""
+
+    label = "http"
+    nodelay = True
+    idle_timeout = HTTP_IDLE_TIMEOUT
+    max_cached_pages = 4096
+
+    def __init__(self, address, store: Store) -> None:
+        super().__init__(address, WebHandler)
+        self.store = store
+        self.inline = not store.blocking
+        self._rpc = None
+        self._pages: Dict[str, Tuple[int, Page]] = {}
+        self._pages_lock = threading.Lock()
+
+    def rpc(self):
+        """The XML-RPC dispatcher, made on first use."""
+        if self._rpc is None:
+            with self._pages_lock:
+                if self._rpc is None:
+                    self._rpc = rpc_dispatcher(lambda: self.store)
+        return self._rpc
+
+    def page(self, path: str) -> Optional[Page]:
+        """The page for a decoded path, from the cache while the store is unchanged."""
+        store = self.store
+        version = store.version
+        cached = self._pages.get(path)
+        if cached is not None and cached[0] == version and not store.blocking:
+            return cached[1]
+        page = self.render(path)
+        if page is not None and not store.blocking:
+            with self._pages_lock:
+                if len(self._pages) >= self.max_cached_pages:
+                    self._pages.clear()
+                self._pages[path] = (version, page)
+        return page
+
+    def render(self, path: str) -> Optional[Page]:
+        if path == "/":
+            items = self.store.items()
+            newest = max((status.set_at for _, status in items), default=0.0)
+            return make_page(render_user_list(items), newest)
+        name = path[1:]
+        status = self.store.get(name) if valid_name(name) else None
+        if status is None:
+            return None
+        return make_page(render_user(name, status), status.set_at)
+
+
 # -- Daemon plumbing ----------------------------------------------------------------------
 
 def raise_fd_limit() -> None:
@@ -1308,6 +1771,9 @@ class Daemon:
                 self.servers.append(bind_server(
                     "setter", args.setter,
                     lambda addr: SetterServer(addr, placeholder, args.setter_allow)))
+            if args.http:
+                self.servers.append(bind_server(
+                    "http", args.http, lambda addr: WebServer(addr, placeholder)))
             self.store = open_store(args)
         except FingerdError:
             self.close()
