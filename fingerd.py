@@ -9,7 +9,8 @@ lock-guarded store of statuses:
                                           an empty query lists users; "@host" forwarding refused
   setter  (default 127.0.0.1:1079)        send "alice\\n", the status line(s), then half-close;
                                           the answer is "OK" or "ERROR <reason>"
-  http    (default port 8000)             reserved for the web pages and XML-RPC at /RPC2
+  http    (default port 8000)             GET / (every user), GET /USER (one user's page);
+                                          POST /RPC2: XML-RPC getUser(user), getUsers()
 
 Backends (--backend): sqlite (default; durable, group-committed writes), memory (volatile,
 seeded from --users-file), file (the admin's "user: status" file, re-read when it changes).
@@ -1839,6 +1840,8 @@ examples:
   fingerd --finger 7979                  an ordinary user: finger on 7979, setter on 1079
   printf 'alice\\nGone fishing\\n' | nc -N 127.0.0.1 1079      set alice's status
   printf 'alice\\r\\n' | nc localhost 7979                       finger her
+  curl http://localhost:8000/alice                         her web page (/ lists everyone)
+  python3 -c "import xmlrpc.client as x; print(x.ServerProxy('http://localhost:8000/RPC2').getUser('alice'))"
   fingerd --backend file --users-file /etc/users --no-list   the admin's file, no list
 
 exit status: 0 after SIGTERM/SIGINT, 1 when it cannot start, 2 for a usage error.
@@ -1875,7 +1878,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "or ERROR (default: %s)" % DEFAULT_SETTER)
     net.add_argument("--http", metavar="[HOST:]PORT|off", type=endpoint_arg(),
                      default=parse_endpoint(DEFAULT_HTTP),
-                     help="web pages and XML-RPC (default: %s)" % DEFAULT_HTTP)
+                     help="web pages (GET /, GET /USER) and XML-RPC at /RPC2: getUser(user), "
+                          "getUsers(), system.* (default: %s)" % DEFAULT_HTTP)
     net.add_argument("--setter-allow", metavar="CIDR", type=network_arg, action="append",
                      default=[],
                      help="only these addresses or networks may use the setter (repeatable; "
@@ -1886,7 +1890,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="IRC bot (not available in this version; only 'off')")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
-                        help="how much to log on stderr (default: info)")
+                        help="how much to log on stderr (default: info; debug adds one line "
+                             "per HTTP request and setter write)")
     parser.add_argument("--version", action="version", version="fingerd " + __version__)
     return parser
 
