@@ -29,6 +29,7 @@ Standard library only, Python 3.9+.  Copy this one file anywhere and run it.
 """
 
 import argparse
+import base64
 import email.utils
 import errno
 import html
@@ -39,6 +40,7 @@ import ipaddress
 import logging
 import os
 import queue
+import random
 import re
 import select
 import signal
@@ -1708,6 +1710,451 @@ class WebServer(PooledTCPServer):
         return make_page(render_user(name, status), status.set_at)
 
 
+# -- IRC ----------------------------------------------------------------------------------
+
+IRC_PORT = 6667
+IRC_TLS_PORT = 6697
+IRC_MAX_LINE = 512                    # RFC 1459 §2.3, CRLF included
+IRC_MAX_INCOMING = 8192               # IRCv3 tags can be long; longer lines are dropped
+IRC_RELAY_PREFIX = 80                 # ":nick!user@host " the server adds when relaying
+IRC_STATUS_LINES = 3                  # a multi-line status: at most this many lines, then "…"
+IRC_PING_AFTER = 120.0                # silence before we PING the server ourselves
+IRC_PING_TIMEOUT = 60.0               # no answer to our PING in this long: the link is dead
+IRC_REGISTER_TIMEOUT = 60.0           # no welcome (001) in this long: try again
+IRC_QUEUE_LIMIT = 64                  # lines waiting for the token bucket; more are dropped
+IRC_NICK_RE = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}\Z")
+IRC_CHANNEL_RE = re.compile(r"[#&+!][^\x00\x07\r\n ,:]{1,49}\Z")
+# Twisted's ReconnectingClientFactory: factor e, jitter 0.11962656472, here capped at 300 s.
+BACKOFF_FACTOR = 2.7182818284590451
+BACKOFF_JITTER = 0.11962656472
+BACKOFF_MAX = 300.0
+
+
+class Backoff:
+    """Exponential back-off with jitter: initial, then x factor per failure, capped.
+
+    Each delay is drawn from a normal distribution around the nominal one (standard
+    deviation jitter x delay), as Twisted does, so that many bots do not reconnect in step.
+    reset() after a success.  `rng` is injectable (anything with normalvariate())."""
+
+    def __init__(self, initial: float = 1.0, factor: float = BACKOFF_FACTOR,
+                 jitter: float = BACKOFF_JITTER, maximum: float = BACKOFF_MAX,
+                 rng=None) -> None:
+        self.initial, self.factor, self.jitter, self.maximum = initial, factor, jitter, maximum
+        self.rng = rng or random.Random()
+        self.nominal = initial
+
+    def next(self) -> float:
+        """The delay before the next attempt; the one after it will be longer."""
+        nominal = self.nominal
+        self.nominal = min(self.nominal * self.factor, self.maximum)
+        if self.jitter:
+            return min(self.maximum, max(0.0, self.rng.normalvariate(nominal,
+                                                                     nominal * self.jitter)))
+        return nominal
+
+    def reset(self) -> None:
+        self.nominal = self.initial
+
+
+class SendQueue:
+    """A bounded line queue drained by a token bucket: `burst` lines at once, then `rate`
+    lines a second, as IRC servers expect of clients that do not want to be kicked."""
+
+    def __init__(self, rate: float = 1.0, burst: int = 4, limit: int = IRC_QUEUE_LIMIT,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate, self.burst, self.limit, self.clock = rate, burst, limit, clock
+        self.tokens = float(burst)
+        self.stamp = clock()
+        self.lines: deque = deque()
+        self.dropped = 0
+
+    def put(self, line: str) -> bool:
+        if len(self.lines) >= self.limit:
+            self.dropped += 1
+            return False
+        self.lines.append(line)
+        return True
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(float(self.burst), self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def ready(self) -> List[str]:
+        """The lines that may be sent now."""
+        self._refill(self.clock())
+        out = []
+        while self.lines and self.tokens >= 1.0:
+            self.tokens -= 1.0
+            out.append(self.lines.popleft())
+        return out
+
+    def wait_time(self) -> Optional[float]:
+        """Seconds until the next queued line may go, None when nothing waits."""
+        if not self.lines:
+            return None
+        self._refill(self.clock())
+        return max(0.0, (1.0 - self.tokens) / self.rate)
+
+
+class IRCMessage(NamedTuple):
+    """One parsed line: prefix nick (or ''), command (upper case), parameters."""
+    nick: str
+    command: str
+    params: List[str]
+
+
+def parse_irc_line(line: str) -> Optional[IRCMessage]:
+    """RFC 1459 / IRCv3 message syntax: [@tags] [:prefix] COMMAND params [:trailing]."""
+    if line.startswith("@"):
+        line = line.partition(" ")[2]
+    nick = ""
+    if line.startswith(":"):
+        prefix, _, line = line[1:].partition(" ")
+        nick = prefix.split("!", 1)[0].split("@", 1)[0]
+    line = line.lstrip(" ")
+    if not line:
+        return None
+    head, colon, trailing = line.partition(" :")
+    params = head.split()
+    if not params:
+        return None
+    command = params.pop(0).upper()
+    if colon:
+        params.append(trailing)
+    return IRCMessage(nick, command, params)
+
+
+def irc_param(text: str) -> str:
+    """A parameter that cannot break out of its line: CR, LF and NUL removed."""
+    return text.replace("\r", "").replace("\n", "").replace("\0", "")
+
+
+def utf8_chunks(text: str, limit: int) -> List[str]:
+    """text cut into pieces of at most `limit` UTF-8 bytes, never inside a character."""
+    data = text.encode("utf-8")
+    chunks = []
+    while len(data) > limit:
+        cut = limit
+        while cut > 0 and data[cut] & 0xC0 == 0x80:     # a continuation byte: step back
+            cut -= 1
+        chunks.append(data[:cut].decode("utf-8"))
+        data = data[cut:]
+    chunks.append(data.decode("utf-8"))
+    return chunks
+
+
+def irc_status_lines(user: str, status: Optional[Status]) -> List[str]:
+    """The seeds' answer, 'Status of USER: STATUS', at most IRC_STATUS_LINES lines."""
+    if status is None:
+        lines = [NO_SUCH_USER]
+    else:
+        lines = [clean_line(line) for line in status.text.split("\n")]
+    if len(lines) > IRC_STATUS_LINES:
+        lines = lines[:IRC_STATUS_LINES]
+        lines[-1] += " \u2026"
+    lines[0] = "Status of %s: %s" % (user, lines[0])
+    return lines
+
+
+def read_secret(path: Optional[str]) -> Optional[str]:
+    """The IRC password: the first line of --irc-password-file, else $FINGERD_IRC_PASSWORD.
+    Never a command-line argument, where every local user could read it in ps."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                secret = f.readline().rstrip("\r\n")
+            if os.stat(path).st_mode & 0o077:
+                log.warning("%s can be read by other users; chmod 600 it", path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise StartupError("cannot read IRC password file %s: %s"
+                               % (path, getattr(e, "strerror", None) or e))
+        return secret
+    return os.environ.get("FINGERD_IRC_PASSWORD") or None
+
+
+class IRCBot:
+    """An IRC client thread answering 'who is doing what' from the store.
+
+    A private message that is a user name gets 'Status of USER: STATUS'; '!finger USER' in a
+    joined channel is answered in the channel.  It registers (PASS or SASL PLAIN, NICK, USER),
+    takes nick_, nick__, ... when its nick is taken, answers PING at once and PINGs a silent
+    server itself, joins its channels after every welcome, and reconnects with back-off when
+    the link drops.  Outgoing lines go through a token bucket; NOTICEs, its own messages and
+    CTCP other than VERSION and FINGER are never answered.  start() and stop() (QUIT, then the
+    thread ends at once, even in a back-off wait)."""
+
+    def __init__(self, store: Store, host: str, port: int, nick: str = "fingerbot",
+                 channels: Sequence[str] = (), tls: bool = False,
+                 password: Optional[str] = None, sasl: bool = False,
+                 backoff: Optional[Backoff] = None, ssl_context=None,
+                 clock: Callable[[], float] = time.monotonic,
+                 wait: Optional[Callable[[float], bool]] = None,
+                 ping_after: float = IRC_PING_AFTER, ping_timeout: float = IRC_PING_TIMEOUT,
+                 register_timeout: float = IRC_REGISTER_TIMEOUT,
+                 send_rate: float = 1.0, send_burst: int = 4) -> None:
+        self.store = store
+        self.host, self.port, self.tls = host, port, tls
+        self.wanted_nick = self.nick = nick
+        self.channels = list(channels)
+        self.password, self.sasl = password, sasl
+        self.backoff = backoff or Backoff()
+        self.ssl_context = ssl_context
+        self.clock = clock
+        self._stop = threading.Event()
+        self.wait = wait or self._stop.wait
+        self.ping_after, self.ping_timeout = ping_after, ping_timeout
+        self.register_timeout = register_timeout
+        self.send_rate, self.send_burst = send_rate, send_burst
+        self.connected = threading.Event()      # registered (001 seen) right now
+        self.connects = 0                       # successful registrations so far
+        self._sock = None
+        self._send_lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def server(self) -> str:
+        return format_address(self.host, self.port)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="irc", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # The connection loop -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            reason = None
+            try:
+                self._session()
+            except (OSError, FingerdError) as e:
+                reason = str(e) or type(e).__name__
+            finally:
+                self.connected.clear()
+                self._close()
+            if self._stop.is_set():
+                break
+            delay = self.backoff.next()
+            log.warning("irc: %s: %s; next attempt in %.1f s, at %s", self.server,
+                        reason or "link closed", delay,
+                        time.strftime("%H:%M:%S", time.localtime(time.time() + delay)))
+            if self.wait(delay):
+                break
+
+    def _connect(self) -> socket.socket:
+        sock = socket.create_connection((self.host, self.port), timeout=15)
+        if self.tls:
+            import ssl           # only IRC over TLS needs it
+            context = self.ssl_context or ssl.create_default_context()
+            try:
+                sock = context.wrap_socket(sock, server_hostname=self.host)   # verified, SNI
+            except (ssl.SSLError, OSError):
+                sock.close()
+                raise
+        return sock
+
+    def _session(self) -> None:
+        self._sock = self._connect()
+        log.info("irc: connected to %s%s", self.server, " (TLS)" if self.tls else "")
+        self.nick = self.wanted_nick
+        self._nick_tries, self._nick_limit = 0, 30
+        self.queue = SendQueue(self.send_rate, self.send_burst, clock=self.clock)
+        registered = False
+        started = last_heard = self.clock()
+        pinged_at = None
+        self._register()
+        buf = b""
+        discarding = False
+        while True:
+            if self._stop.is_set():
+                self._send_now("QUIT", "fingerd shutting down")
+                return
+            for line in self.queue.ready():
+                self._send_raw(line)
+            wait = self.queue.wait_time()
+            self._sock.settimeout(0.2 if wait is None else min(0.2, max(0.01, wait)))
+            try:
+                data = self._sock.recv(4096)
+            except socket.timeout:
+                data = None
+            if data == b"":
+                raise FingerdError("the server closed the connection")
+            now = self.clock()
+            if data:
+                last_heard, pinged_at = now, None
+                buf += data
+                while True:
+                    end = buf.find(b"\n")
+                    if end < 0:
+                        if len(buf) > IRC_MAX_INCOMING:         # no end in sight: drop it
+                            buf, discarding = b"", True
+                        break
+                    line, buf = buf[:end], buf[end + 1:]
+                    if discarding or len(line) > IRC_MAX_INCOMING:
+                        discarding = False
+                        continue
+                    if self._handle(line.rstrip(b"\r").decode("utf-8", "replace")):
+                        registered = True
+            if not registered and now - started > self.register_timeout:
+                raise FingerdError("no welcome from the server in %.0f s" % self.register_timeout)
+            if pinged_at is None and now - last_heard > self.ping_after:
+                self._send_now("PING", "fingerd")
+                pinged_at = now
+            elif pinged_at is not None and now - pinged_at > self.ping_timeout:
+                raise FingerdError("no answer to PING in %.0f s" % self.ping_timeout)
+
+    def _register(self) -> None:
+        if self.password and self.sasl:
+            self._send_now("CAP", "REQ", "sasl")
+        elif self.password:
+            self._send_now("PASS", self.password)
+        self._send_now("NICK", self.nick)
+        self._send_now("USER", "fingerd", "0", "*", "fingerd %s status bot" % __version__)
+
+    # Messages ----------------------------------------------------------------------------
+
+    def _handle(self, line: str) -> bool:
+        """Act on one line from the server; True when it is the welcome (001)."""
+        msg = parse_irc_line(line)
+        if msg is None:
+            return False
+        command, params = msg.command, msg.params
+        if command == "PING":
+            self._send_now("PONG", *(params[:1] or ["fingerd"]))
+        elif command == "001":
+            if params:
+                self.nick = params[0]
+            self.backoff.reset()             # only a registration proves the server is good
+            self.connects += 1
+            self.connected.set()
+            log.info("irc: registered on %s as %s", self.server, self.nick)
+            if self.channels:
+                self._send_now("JOIN", ",".join(self.channels))
+            return True
+        elif command in ("432", "433", "436", "437") and not self.connected.is_set():
+            self._next_nick(command)
+        elif command == "NICK" and msg.nick.lower() == self.nick.lower() and params:
+            self.nick = params[0]
+        elif command == "CAP" and len(params) >= 3 and self.sasl:
+            if params[1].upper() == "ACK" and "sasl" in params[2].lower().split():
+                self._send_now("AUTHENTICATE", "PLAIN")
+            elif params[1].upper() == "NAK":
+                log.error("irc: %s does not offer SASL", self.server)
+                self._send_now("CAP", "END")
+        elif command == "AUTHENTICATE" and params[:1] == ["+"] and self.sasl:
+            token = "%s\0%s\0%s" % (self.wanted_nick, self.wanted_nick, self.password)
+            self._send_now("AUTHENTICATE", base64.b64encode(token.encode()).decode())
+        elif command in ("903", "904", "905", "906", "907"):
+            if command != "903":
+                log.error("irc: SASL authentication failed (%s)", command)
+            self._send_now("CAP", "END")
+        elif command == "ERROR":
+            raise FingerdError("server error: %s" % clean_line(" ".join(params))[:200])
+        elif command == "PRIVMSG" and len(params) >= 2:
+            self._privmsg(msg.nick, params[0], params[1])
+        return False
+
+    def _next_nick(self, code: str) -> None:
+        """nick_, nick__, ...; a nick refused as erroneous (432) after we lengthened it was
+        too long for this server (RFC 1459 allows 9), so the base is shortened instead."""
+        if code == "432":
+            if self.nick == self.wanted_nick:
+                raise FingerdError("the server refuses the nick %s" % self.nick)
+            self._nick_limit = len(self.nick) - 1
+        else:
+            self._nick_tries += 1
+        tries, limit = self._nick_tries, self._nick_limit
+        if tries > 9 or limit - tries < 1:
+            raise FingerdError("no usable nick (last tried %s)" % self.nick)
+        self.nick = self.wanted_nick[:limit - tries] + "_" * tries
+        log.info("irc: nick refused (%s); trying %s", code, self.nick)
+        self._send_now("NICK", self.nick)
+
+    def _privmsg(self, sender: str, target: str, text: str) -> None:
+        if not sender or sender.lower() == self.nick.lower():
+            return                                        # never answer ourselves
+        if text.startswith("\x01"):                      # CTCP: only VERSION and FINGER
+            ctcp = text.strip("\x01").split(" ", 1)[0].upper()
+            if target.lower() == self.nick.lower() and ctcp in ("VERSION", "FINGER"):
+                answer = ("fingerd %s" % __version__ if ctcp == "VERSION"
+                          else "fingerd: send me a user name for their status")
+                self._say("NOTICE", sender, "\x01%s %s\x01" % (ctcp, answer))
+            return
+        # Only a valid user name is answered: chatter and other bots' lines are not, so two
+        # bots can never keep each other talking.
+        words = text.split()
+        if target.lower() == self.nick.lower():          # a private message
+            if len(words) == 1 and valid_name(words[0]):
+                self._answer(sender, words[0])
+        elif target[:1] in "#&+!" and len(words) == 2 and words[0].lower() == "!finger" \
+                and valid_name(words[1]):
+            self._answer(target, words[1])
+
+    def _answer(self, to: str, user: str) -> None:
+        for line in irc_status_lines(user, self.store.get(user)):
+            self._say("PRIVMSG", to, line)
+
+    # Sending -----------------------------------------------------------------------------
+
+    def _say(self, command: str, target: str, text: str) -> None:
+        """Queue a message, cut so that even as relayed (with the server's prefix) each line
+        fits in 512 bytes."""
+        head = "%s %s :" % (command, irc_param(target))
+        room = IRC_MAX_LINE - 2 - len(head.encode("utf-8")) - IRC_RELAY_PREFIX
+        for chunk in utf8_chunks(irc_param(text), max(16, room)):
+            if not self.queue.put(head + chunk):
+                log.warning("irc: send queue full, answer to %s dropped", clean_line(target))
+                return
+
+    def _send_now(self, *params: str) -> None:
+        """Send at once, around the queue: registration, PONG, QUIT."""
+        parts = [irc_param(p) for p in params]
+        if len(parts) > 1 and (" " in parts[-1] or parts[-1].startswith(":") or not parts[-1]):
+            parts[-1] = ":" + parts[-1]
+        self._send_raw(" ".join(parts))
+
+    def _send_raw(self, line: str) -> None:
+        data = utf8_chunks(irc_param(line), IRC_MAX_LINE - 2)[0].encode("utf-8")
+        with self._send_lock:
+            if self._sock is not None:
+                self._sock.settimeout(10)
+                self._sock.sendall(data + b"\r\n")
+
+    def _close(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
+def parse_irc_server(spec: str, tls: bool) -> Optional[Tuple[str, int]]:
+    """--irc HOST[:PORT]|off; the port defaults to 6667, or 6697 with TLS."""
+    spec = spec.strip()
+    if spec.lower() == "off":
+        return None
+    if spec.startswith("[") and spec.endswith("]") or (":" in spec and spec.count(":") > 1
+                                                       and not spec.startswith("[")):
+        host, port = spec.strip("[]"), ""
+    elif spec.startswith("["):
+        host, port = spec[1:].split("]:", 1) if "]:" in spec else (spec, "")
+    else:
+        host, _, port = spec.partition(":")
+    if not host:
+        raise ValueError("expected HOST[:PORT] or off, got %r" % spec)
+    if not port:
+        return host, IRC_TLS_PORT if tls else IRC_PORT
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise ValueError("bad IRC port in %r" % spec)
+    return host, int(port)
+
+
 # -- Daemon plumbing ----------------------------------------------------------------------
 
 def raise_fd_limit() -> None:
@@ -1754,6 +2201,7 @@ class Daemon:
         self.store: Optional[Store] = None
         self.servers: List[PooledTCPServer] = []
         self.threads: List[threading.Thread] = []
+        self.bot: Optional[IRCBot] = None
 
     def start(self) -> None:
         args = self.args
@@ -1786,9 +2234,16 @@ class Daemon:
                                       name=server.label + "-loop", daemon=True)
             thread.start()
             self.threads.append(thread)
+        if args.irc:
+            self.bot = IRCBot(self.store, *args.irc, nick=args.irc_nick,
+                              channels=args.irc_channel, tls=args.irc_tls,
+                              password=args.irc_secret, sasl=args.irc_sasl)
+            self.bot.start()
         log.info("fingerd %s serving with the %s backend", __version__, self.store.name)
 
     def stop(self) -> None:
+        if self.bot is not None:
+            self.bot.stop()
         for server in self.servers:
             server.request_shutdown()
         for thread in self.threads:
@@ -1848,6 +2303,18 @@ exit status: 0 after SIGTERM/SIGINT, 1 when it cannot start, 2 for a usage error
 """
 
 
+def irc_nick_arg(spec: str) -> str:
+    if not IRC_NICK_RE.match(spec):
+        raise argparse.ArgumentTypeError("not an IRC nick: %r" % spec)
+    return spec
+
+
+def irc_channel_arg(spec: str) -> str:
+    if not IRC_CHANNEL_RE.match(spec):
+        raise argparse.ArgumentTypeError("not an IRC channel (like '#name'): %r" % spec)
+    return spec
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fingerd",
@@ -1886,8 +2353,22 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: anyone who can reach it)")
     net.add_argument("--no-list", action="store_true",
                      help="answer an empty finger query with 'Finger online user list denied'")
-    parser.add_argument("--irc", metavar="HOST[:PORT]|off", default="off",
-                        help="IRC bot (not available in this version; only 'off')")
+    irc = parser.add_argument_group("IRC bot")
+    irc.add_argument("--irc", metavar="HOST[:PORT]|off", default="off",
+                     help="connect a bot to this IRC server (default: off; port 6667, 6697 "
+                          "with --irc-tls); a private message naming a user, or '!finger USER' "
+                          "in a channel, is answered 'Status of USER: STATUS'")
+    irc.add_argument("--irc-nick", metavar="NICK", type=irc_nick_arg, default="fingerbot",
+                     help="the bot's nick; nick_, nick__, ... when taken (default: fingerbot)")
+    irc.add_argument("--irc-channel", metavar="CHAN", type=irc_channel_arg, action="append",
+                     default=[], help="join this channel, e.g. '#tilde' (repeatable)")
+    irc.add_argument("--irc-tls", action="store_true",
+                     help="TLS with the server's certificate and host name verified")
+    irc.add_argument("--irc-password-file", metavar="PATH",
+                     help="the server password (or SASL password) on the file's first line; "
+                          "default: $FINGERD_IRC_PASSWORD, never a command-line argument")
+    irc.add_argument("--irc-sasl", action="store_true",
+                     help="log in with SASL PLAIN as the nick, using the password")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="how much to log on stderr (default: info; debug adds one line "
@@ -1906,10 +2387,17 @@ def configure_logging(level: str) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.irc = parse_irc_server(args.irc, args.irc_tls)
+    except ValueError as e:
+        parser.error("argument --irc: %s" % e)
     configure_logging(args.log_level)
-    if args.irc != "off":
-        print("fingerd: --irc is not available in this version", file=sys.stderr)
+    try:
+        args.irc_secret = read_secret(args.irc_password_file) if args.irc else None
+    except FingerdError as e:
+        print("fingerd: %s" % e, file=sys.stderr)
         return 1
     daemon = Daemon(args)
     stop = threading.Event()

@@ -15,29 +15,39 @@ Status = fingerd.Status
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
 
 
+class ResponseReader:
+    """Reads HTTP responses one by one from a socket, keeping what arrived past each."""
+
+    def __init__(self, sock):
+        self.sock, self.buf = sock, b""
+
+    def _fill(self):
+        chunk = self.sock.recv(65536)
+        self.buf += chunk
+        return bool(chunk)
+
+    def read(self):
+        """(status, headers dict, body); the body by Content-Length; status 0 at EOF."""
+        while b"\r\n\r\n" not in self.buf:
+            if not self._fill():
+                return 0, {}, b""
+        head, _, self.buf = self.buf.partition(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        code = int(lines[0].split()[1])
+        length = 0 if code == 304 else int(headers.get("content-length", 0))
+        while len(self.buf) < length and self._fill():
+            pass
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return code, headers, body
+
+
 def read_response(sock):
-    """One HTTP response from a socket: (status, headers dict, body); body by Content-Length."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {}
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", 0))
-    code = int(lines[0].split()[1]) if lines[0] else 0
-    if code != 304:
-        while len(body) < length:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-    return code, headers, body
+    """One HTTP response (the socket is not read past it only if nothing else was sent)."""
+    return ResponseReader(sock).read()
 
 
 def raw(port, data, timeout=10):
@@ -223,7 +233,8 @@ class KeepAliveTest(WebTestCase):
             sock.sendall(b"GET /alice HTTP/1.1\r\nHost: x\r\n\r\n"
                          b"GET /bob HTTP/1.1\r\nHost: x\r\n\r\n"
                          b"GET /nobody HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            codes = [read_response(sock)[0] for _ in range(3)]
+            reader = ResponseReader(sock)
+            codes = [reader.read()[0] for _ in range(3)]
         self.assertEqual(codes, [200, 200, 404])
 
     def test_http10_closes_unless_asked(self):
