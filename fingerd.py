@@ -51,7 +51,6 @@ import sys
 import threading
 import time
 import urllib.parse
-import xmlrpc.client
 import zlib
 from collections import deque
 from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
@@ -1650,6 +1649,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             return
         if re.search(rb"<!(?:DOCTYPE|ENTITY)", body, re.I):
             # DTDs bring entity expansion ("billion laughs") and external entities.
+            import xmlrpc.client       # with xmlrpc.server, loaded on the first call only
             reply = xmlrpc.client.dumps(xmlrpc.client.Fault(
                 1, "DTDs and entities are not accepted"), methodresponse=True)
             data = reply.encode("utf-8")
