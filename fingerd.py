@@ -13,7 +13,8 @@ lock-guarded store of statuses:
                                           POST /RPC2: XML-RPC getUser(user), getUsers()
 
 Backends (--backend): sqlite (default; durable, group-committed writes), memory (volatile,
-seeded from --users-file), file (the admin's "user: status" file, re-read when it changes).
+seeded from --users-file), file (the admin's "user: status" file, re-read when it changes),
+pwd (local accounts' ~/.plan), process (the local finger program), xmlrpc (other servers).
 
 Every connection is read by one epoll loop with a size cap and one overall deadline before
 any handler runs, so idle or trickling clients cost no thread; handlers run inline when the
@@ -32,6 +33,7 @@ import argparse
 import base64
 import email.utils
 import errno
+import functools
 import html
 import http.client
 import http.server
@@ -43,10 +45,13 @@ import queue
 import random
 import re
 import select
+import shutil
 import signal
 import socket
 import socketserver
 import sqlite3
+import stat
+import subprocess
 import sys
 import threading
 import time
@@ -93,6 +98,7 @@ QUERY_TOO_LONG = "Query too long"
 TIMED_OUT = "Timed out"
 SERVER_BUSY = "Server busy, try again later"
 INTERNAL_ERROR = "Internal error in server"     # the tutorial's wording
+UNAVAILABLE = "Status service temporarily unavailable, try again later"
 NO_USERS = "No users"
 
 log = logging.getLogger("fingerd")
@@ -131,7 +137,7 @@ class RequestTooLarge(FingerdError):
     does: 'uri', 'headers', 'body'); it is passed to the handler's refusal()."""
 
 
-# -- Text helpers -------------------------------------------------------------------------
+# -- Helpers: text, addresses, back-off ---------------------------------------------------
 
 # Names made only of dots ('.', '..') are refused: they are paths, not people.
 NAME_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9._][A-Za-z0-9._-]{0,%d}\Z" % (MAX_NAME - 1))
@@ -226,12 +232,47 @@ def parse_endpoint(spec: str, default_host: str = "") -> Optional[Tuple[str, int
     return host, int(port)
 
 
+# Twisted's ReconnectingClientFactory: factor e, jitter 0.11962656472, here capped at 300 s.
+BACKOFF_FACTOR = 2.7182818284590451
+BACKOFF_JITTER = 0.11962656472
+BACKOFF_MAX = 300.0
+
+
+class Backoff:
+    """Exponential back-off with jitter: initial, then x factor per failure, capped.
+
+    Each delay is drawn from a normal distribution around the nominal one (standard
+    deviation jitter x delay), as Twisted does, so that many bots do not reconnect in step.
+    reset() after a success.  `rng` is injectable (anything with normalvariate())."""
+
+    def __init__(self, initial: float = 1.0, factor: float = BACKOFF_FACTOR,
+                 jitter: float = BACKOFF_JITTER, maximum: float = BACKOFF_MAX,
+                 rng=None) -> None:
+        self.initial, self.factor, self.jitter, self.maximum = initial, factor, jitter, maximum
+        self.rng = rng or random.Random()
+        self.nominal = initial
+
+    def next(self) -> float:
+        """The delay before the next attempt; the one after it will be longer."""
+        nominal = self.nominal
+        self.nominal = min(self.nominal * self.factor, self.maximum)
+        if self.jitter:
+            return min(self.maximum, max(0.0, self.rng.normalvariate(nominal,
+                                                                     nominal * self.jitter)))
+        return nominal
+
+    def reset(self) -> None:
+        self.nominal = self.initial
+
+
 # -- Stores and backends ------------------------------------------------------------------
 
 class Status(NamedTuple):
-    """A user's status: its text (lines joined by LF) and when it was set (epoch seconds)."""
+    """A user's status: its text (lines joined by LF), when it was set (epoch seconds, 0 when
+    unknown), and what a verbose query adds: (label, text) pairs such as ("Name", ...)."""
     text: str
     set_at: float = 0.0
+    details: Tuple[Tuple[str, str], ...] = ()
 
 
 def check_status(user: str, text: str) -> str:
@@ -265,8 +306,10 @@ class Store:
         self.lock = threading.RLock()
         self.version = 0
 
-    def get(self, user: str) -> Optional[Status]:
-        """The user's status, or None for no such user (an invalid name is no such user)."""
+    def get(self, user: str, verbose: bool = False) -> Optional[Status]:
+        """The user's status, or None for no such user (an invalid name is no such user).
+        verbose asks for the details a backend can add (/W); StoreUnavailable when the
+        backend cannot answer now."""
         if not valid_name(user):
             return None
         with self.lock:
@@ -406,13 +449,11 @@ class FileStore(DictStore):
         self.refresh_seconds = refresh
         self._stamp = None
         self._problem = None          # the last failure logged, so it is logged once
-        self._stop = threading.Event()
         try:
             self._load(initial=True)
         except OSError as e:
             raise StartupError("cannot read users file %s: %s" % (path, e.strerror or e))
-        self._thread = threading.Thread(target=self._watch, name="file-refresh", daemon=True)
-        self._thread.start()
+        self._refresher = Refresher(self.refresh, refresh, "file-refresh")
 
     def _file_stamp(self):
         st = os.stat(self.path)
@@ -453,12 +494,8 @@ class FileStore(DictStore):
                             problem)
             self._problem = problem
 
-    def _watch(self) -> None:
-        while not self._stop.wait(self.refresh_seconds):
-            self.refresh()
-
     def close(self) -> None:
-        self._stop.set()
+        self._refresher.stop()
 
 
 class _Write(NamedTuple):
@@ -574,7 +611,504 @@ class SQLiteStore(DictStore):
         self._db.close()
 
 
-BACKENDS = {"sqlite": SQLiteStore, "memory": MemoryStore, "file": FileStore}
+# The seeds' pluggable backends, read-only: local accounts' ~/.plan, the local finger program,
+# and other servers' XML-RPC.  Their reads may wait on I/O (blocking = True), so the protocol
+# handlers run on worker threads.
+
+PLAN_LIMIT = 64 * 1024                # bytes of a .plan read; more is cut (RFC 1288 §3.2.5)
+NO_PLAN = "No Plan."                  # what finger servers have always said
+PROGRAM_TIMEOUT = 5.0                 # seconds for the local finger program
+PROGRAM_OUTPUT_LIMIT = 64 * 1024      # bytes of its output kept
+REMOTE_TIMEOUT = 5.0                  # seconds for each remote call (connect and reads)
+REMOTE_MAX_RESPONSE = 4 * 1024 * 1024 # an XML-RPC answer larger than this is refused
+REMOTE_BATCH = 200                    # getUser calls per system.multicall for the user list
+INSTANCE_ID = "%016x" % random.SystemRandom().getrandbits(64)   # this process, in Via chains
+_request_context = threading.local()  # the Via chain of the HTTP request being served
+
+
+class Refresher:
+    """Calls refresh() every `period` seconds on a named daemon thread until stop()."""
+
+    def __init__(self, refresh: Callable[[], None], period: float, name: str) -> None:
+        self._refresh, self.period = refresh, period
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            try:
+                self._refresh()
+            except Exception:
+                log.exception("%s: refresh failed", self._thread.name)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def uid_range(login_defs: str = "/etc/login.defs") -> Tuple[int, int]:
+    """UID_MIN and UID_MAX of login.defs: the ordinary accounts (default 1000-60000)."""
+    found = {"UID_MIN": 1000, "UID_MAX": 60000}
+    try:
+        with open(login_defs, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                words = line.split()
+                if len(words) >= 2 and words[0] in found and words[1].isdigit():
+                    found[words[0]] = int(words[1])
+    except OSError:
+        pass
+    return found["UID_MIN"], found["UID_MAX"]
+
+
+def read_owned_file(path: str, uid: int, limit: int = PLAN_LIMIT
+                    ) -> Optional[Tuple[str, float, bool]]:
+    """(text, mtime, truncated) of a regular file owned by `uid`, else None.
+
+    Never follows a symlink (O_NOFOLLOW: ~/.plan -> /etc/shadow), never waits on a FIFO or a
+    device (O_NONBLOCK, then fstat must show a regular file), never reads a file someone else
+    owns (a hard link to a root file), never reads more than `limit` bytes."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except (OSError, ValueError):
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+            return None
+        chunks, size = [], 0
+        while size <= limit:
+            data = os.read(fd, limit + 1 - size)
+            if not data:
+                break
+            chunks.append(data)
+            size += len(data)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    return decode_peer(data[:limit]), st.st_mtime, len(data) > limit
+
+
+class PlanStore(Store):
+    """Local accounts and their ~/.plan, as finger has always shown them.
+
+    Accounts come from `accounts` (the pwd module: so LDAP or SSSD accounts through NSS work),
+    limited to UID_MIN..UID_MAX of login.defs; ~/.nofinger hides an account completely.  The
+    list is the accounts that publish a .plan, refreshed every `refresh` seconds.  Files are
+    read with read_owned_file().  /W (verbose) adds the full name, ~/.project, ~/.pgpkey."""
+
+    name = "pwd"
+    writable = False
+    blocking = True
+
+    def __init__(self, refresh: float = DEFAULT_REFRESH, accounts=None,
+                 uids: Optional[Tuple[int, int]] = None) -> None:
+        super().__init__()
+        if accounts is None:
+            import pwd
+            accounts = pwd
+        self.accounts = accounts
+        self.uid_min, self.uid_max = uids or uid_range()
+        self._listed: List[str] = []
+        self.refresh()
+        self._refresher = Refresher(self.refresh, refresh, "pwd-refresh")
+
+    def _account(self, user: str):
+        """The visible account named `user`, or None."""
+        try:
+            pw = self.accounts.getpwnam(user)
+        except (KeyError, ValueError, OSError):
+            return None
+        if not self.uid_min <= pw.pw_uid <= self.uid_max or pw.pw_name != user:
+            return None
+        if self._exists(pw, ".nofinger"):
+            return None
+        return pw
+
+    @staticmethod
+    def _exists(pw, name: str) -> bool:
+        try:
+            os.lstat(os.path.join(pw.pw_dir, name))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def get(self, user: str, verbose: bool = False) -> Optional[Status]:
+        # No store-wide lock around file reads: a slow home directory (NFS) must not make
+        # every other query wait.
+        if not valid_name(user):
+            return None
+        pw = self._account(user)
+        return None if pw is None else self._status(pw, verbose)
+
+    def _status(self, pw, verbose: bool) -> Status:
+        home, uid = pw.pw_dir, pw.pw_uid
+        plan = read_owned_file(os.path.join(home, ".plan"), uid)
+        text, mtime = NO_PLAN, 0.0
+        if plan is not None:
+            text = clean_text(plan[0]) or NO_PLAN
+            mtime = plan[1]
+            if plan[2]:
+                text += "\n[plan cut at %d KiB]" % (PLAN_LIMIT // 1024)
+        details = []
+        if verbose:
+            full_name = clean_line(pw.pw_gecos.split(",")[0]).strip()
+            if full_name:
+                details.append(("Name", full_name))
+            project = read_owned_file(os.path.join(home, ".project"), uid)
+            if project is not None and clean_text(project[0]):
+                details.append(("Project", clean_text(project[0]).split("\n")[0]))
+            key = read_owned_file(os.path.join(home, ".pgpkey"), uid)
+            if key is not None and clean_text(key[0]):
+                details.append(("PGP key", clean_text(key[0])))
+        return Status(text, mtime, tuple(details))
+
+    def items(self) -> List[Tuple[str, Status]]:
+        with self.lock:
+            names = list(self._listed)
+        out = []
+        for name in names:
+            pw = self._account(name)
+            if pw is not None:
+                out.append((name, self._status(pw, False)))
+        return out
+
+    def refresh(self) -> None:
+        """Re-list the accounts that publish a .plan."""
+        names = set()
+        for pw in self.accounts.getpwall():
+            if not valid_name(pw.pw_name) or not self.uid_min <= pw.pw_uid <= self.uid_max:
+                continue
+            if self._exists(pw, ".nofinger"):
+                continue
+            try:
+                st = os.lstat(os.path.join(pw.pw_dir, ".plan"))
+            except (OSError, ValueError):
+                continue
+            if stat.S_ISREG(st.st_mode) and st.st_uid == pw.pw_uid:
+                names.add(pw.pw_name)
+        with self.lock:
+            if sorted(names) != self._listed:
+                self._listed = sorted(names)
+                self._changed()
+
+    def close(self) -> None:
+        self._refresher.stop()
+
+
+class ProcessStore(Store):
+    """Statuses from the local finger program, run as PROGRAM -- USER without a shell.
+
+    The name is validated first, so it can never be an option; the program gets 5 s, its own
+    process group (killed whole on time-out), no input, a minimal environment, and at most
+    64 KiB of its output is kept and filtered like every status."""
+
+    name = "process"
+    writable = False
+    blocking = True
+
+    def __init__(self, program: str = "finger", refresh: float = DEFAULT_REFRESH,
+                 timeout: float = PROGRAM_TIMEOUT) -> None:
+        super().__init__()
+        path = shutil.which(program)
+        if path is None:
+            raise StartupError("finger program %r not found or not executable (see "
+                               "--finger-program)" % program)
+        self.program, self.refresh_seconds, self.timeout = path, refresh, timeout
+        self._list: Tuple[float, List[Tuple[str, Status]]] = (-1e9, [])
+
+    def run(self, *args: str) -> Tuple[int, str]:
+        """(exit status, output) of PROGRAM ARGS; StoreUnavailable when it takes too long."""
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+        proc = subprocess.Popen([self.program, *args], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                start_new_session=True, close_fds=True)
+        chunks, size, end = [], 0, time.monotonic() + self.timeout
+        timed_out = False
+        try:
+            fd = proc.stdout.fileno()
+            while size <= PROGRAM_OUTPUT_LIMIT:
+                left = end - time.monotonic()
+                if left <= 0 or not select.select([fd], [], [], left)[0]:
+                    timed_out = True
+                    break
+                data = os.read(fd, 65536)
+                if not data:
+                    break
+                chunks.append(data)
+                size += len(data)
+        finally:
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            proc.stdout.close()
+            proc.wait()
+        if timed_out:
+            raise StoreUnavailable("%s took longer than %g s" % (self.program, self.timeout))
+        return proc.returncode, decode_peer(b"".join(chunks)[:PROGRAM_OUTPUT_LIMIT])
+
+    def get(self, user: str, verbose: bool = False) -> Optional[Status]:
+        if not valid_name(user):
+            return None
+        _, output = self.run("--", user)
+        text = clean_text(output)
+        return Status(text) if text else None     # finger says "no such user" on stderr
+
+    def items(self) -> List[Tuple[str, Status]]:
+        """Who is logged in (PROGRAM's table, run without arguments) with their statuses;
+        cached for --refresh seconds, so a list costs one run per user per period."""
+        stamp, items = self._list
+        if time.monotonic() - stamp < self.refresh_seconds:
+            return items
+        _, output = self.run()
+        names = []
+        for line in clean_text(output).split("\n")[1:]:        # after the header line
+            name = line.partition(" ")[0]
+            if valid_name(name) and name not in names:
+                names.append(name)
+        found = []
+        for name in sorted(names):
+            status = self.get(name)
+            if status is not None:
+                found.append((name, status))
+        with self.lock:
+            if found != self._list[1]:
+                self._changed()
+            self._list = (time.monotonic(), found)
+        return found
+
+
+@functools.lru_cache(maxsize=None)
+def remote_transport_class(secure: bool):
+    """An xmlrpc.client transport with a deadline, a size cap, no gzip and no DTDs; made on
+    first use so that xmlrpc.client is not loaded at start-up."""
+    import xmlrpc.client
+    base = xmlrpc.client.SafeTransport if secure else xmlrpc.client.Transport
+
+    class BoundedTransport(base):
+        accept_gzip_encoding = False          # a gzip bomb would pass the size cap
+
+        def __init__(self, timeout: float, via: str) -> None:
+            super().__init__()
+            self.timeout, self.via = timeout, via
+
+        def request(self, host, handler, request_body, verbose=False):
+            # One attempt: Transport.request retries a failed connection at once, which
+            # doubles the load on a remote that is already failing.
+            return self.single_request(host, handler, request_body, verbose)
+
+        def make_connection(self, host):
+            conn = super().make_connection(host)
+            conn.timeout = self.timeout
+            return conn
+
+        def send_headers(self, connection, headers):
+            super().send_headers(connection, list(headers) + [("Via", self.via)])
+
+        def parse_response(self, response):
+            end = time.monotonic() + 2 * self.timeout
+            data = bytearray()
+            while True:
+                chunk = response.read(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if len(data) > REMOTE_MAX_RESPONSE or time.monotonic() > end:
+                    raise xmlrpc.client.ProtocolError(self.via, 502, "answer too large or slow",
+                                                      {})
+            if re.search(rb"<!(?:DOCTYPE|ENTITY)", data, re.I):
+                raise xmlrpc.client.ProtocolError(self.via, 502, "answer has a DTD", {})
+            parser, unmarshaller = self.getparser()
+            parser.feed(bytes(data))
+            parser.close()
+            return unmarshaller.close()
+
+    return BoundedTransport
+
+
+class Remote:
+    """One remote server and its health: a failure starts a back-off during which nobody
+    calls it; when the wait is over exactly one caller probes it (no stampede)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.backoff = Backoff(initial=1.0, maximum=60.0)
+        self.retry_at = 0.0
+        self.down = False
+        self.looped = False
+        self.users: Optional[List[str]] = None      # its last good user list
+        self.lock = threading.Lock()
+
+    def may_call(self) -> bool:
+        if self.looped:
+            return False
+        with self.lock:
+            now = time.monotonic()
+            if now < self.retry_at:
+                return False
+            if self.down:
+                self.retry_at = now + REMOTE_TIMEOUT * 3      # this caller is the probe
+            return True
+
+    def failed(self, reason: str) -> None:
+        with self.lock:
+            delay = self.backoff.next()
+            self.retry_at = time.monotonic() + delay
+            if not self.down:
+                log.warning("remote %s is down (%s); serving its last answers, retrying with "
+                            "back-off", self.url, reason)
+            self.down = True
+            log.debug("remote %s: next try in %.1f s", self.url, delay)
+
+    def worked(self) -> None:
+        with self.lock:
+            if self.down:
+                log.info("remote %s is back", self.url)
+            self.down = False
+            self.retry_at = 0.0
+            self.backoff.reset()
+
+
+class RemoteStore(Store):
+    """Statuses from other fingerd servers (or compatible ones) over XML-RPC /RPC2.
+
+    Several remotes are federated: the first that knows a user wins; the user lists are
+    merged.  Every call uses a fresh ServerProxy (they are not thread-safe) with a deadline and
+    a size cap.  Answers, unknown users included, are cached for `refresh` seconds; while a
+    remote is down its last good answers are served.  A remote that leads back to this server
+    (found by the Via chain of instance ids) is disabled with one log line."""
+
+    name = "xmlrpc"
+    writable = False
+    blocking = True
+    instance_id = INSTANCE_ID      # who this server is in Via chains (loop detection)
+
+    def __init__(self, urls: Sequence[str], refresh: float = DEFAULT_REFRESH,
+                 timeout: float = REMOTE_TIMEOUT) -> None:
+        super().__init__()
+        if not urls:
+            raise StartupError("--backend xmlrpc needs at least one --remote URL")
+        for url in urls:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise StartupError("--remote %s: expected an http:// or https:// URL" % url)
+        self.remotes = [Remote(url) for url in urls]
+        self.refresh_seconds, self.timeout = refresh, timeout
+        self._answers: Dict[str, Tuple[float, Optional[Status]]] = {}
+        self._users: Tuple[float, List[str]] = (-1e9, [])
+
+    def _call(self, remote: Remote, method: str, *args):
+        """One call; StoreUnavailable when the remote cannot answer now."""
+        if not remote.may_call():
+            raise StoreUnavailable("remote %s is not answering" % remote.url)
+        import xmlrpc.client
+        chain = getattr(_request_context, "via", "")
+        via = (chain + ", " if chain else "") + "fingerd/" + self.instance_id
+        transport = remote_transport_class(remote.url.startswith("https:"))(self.timeout, via)
+        proxy = xmlrpc.client.ServerProxy(remote.url, transport=transport)
+        try:
+            result = getattr(proxy, method)(*args)
+        except xmlrpc.client.Fault as e:
+            if "request loop" in str(e.faultString):
+                remote.looped = True
+                log.error("remote %s leads back to this server; it is not used", remote.url)
+                raise StoreUnavailable("remote loop")
+            remote.worked()                        # it answered, with a fault
+            raise StoreUnavailable("remote fault: %s" % clean_line(str(e.faultString))[:200])
+        except (OSError, xmlrpc.client.Error, http.client.HTTPException, ValueError,
+                TypeError, AttributeError) as e:
+            remote.failed(clean_line(str(e))[:200] or type(e).__name__)
+            raise StoreUnavailable("remote %s failed" % remote.url)
+        except Exception as e:                     # malformed XML and other garbage
+            remote.failed("bad answer: %s" % type(e).__name__)
+            raise StoreUnavailable("remote %s answered garbage" % remote.url)
+        remote.worked()
+        return result
+
+    def _remember(self, user: str, status: Optional[Status]) -> None:
+        with self.lock:
+            if len(self._answers) > 10000:     # unknown names must not grow it forever
+                self._answers.clear()
+            self._answers[user] = (time.monotonic(), status)
+
+    def get(self, user: str, verbose: bool = False) -> Optional[Status]:
+        if not valid_name(user):
+            return None
+        with self.lock:
+            cached = self._answers.get(user)
+        if cached and time.monotonic() - cached[0] < self.refresh_seconds:
+            return cached[1]
+        answered = False
+        for remote in self.remotes:
+            try:
+                text = self._call(remote, "getUser", user)
+            except StoreUnavailable:
+                continue
+            answered = True
+            if isinstance(text, str) and text.strip() not in ("", NO_SUCH_USER):
+                status = Status(clean_text(text))
+                self._remember(user, status)
+                return status
+        if answered:
+            self._remember(user, None)
+            return None
+        if cached:
+            return cached[1]                       # stale, but the last good answer
+        raise StoreUnavailable("no remote answered")
+
+    def users(self) -> List[str]:
+        stamp, names = self._users
+        if time.monotonic() - stamp < self.refresh_seconds:
+            return names
+        merged = set()
+        for remote in self.remotes:
+            try:
+                answer = self._call(remote, "getUsers")
+                if isinstance(answer, list):
+                    remote.users = [n for n in answer if isinstance(n, str) and valid_name(n)]
+            except StoreUnavailable:
+                pass
+            merged.update(remote.users or ())
+        names = sorted(merged)
+        with self.lock:
+            if names != self._users[1]:
+                self._changed()
+            self._users = (time.monotonic(), names)
+        return names
+
+    def items(self) -> List[Tuple[str, Status]]:
+        """The merged list with statuses, asked with system.multicall (not once per user)."""
+        names = self.users()
+        now = time.monotonic()
+        found: Dict[str, Optional[Status]] = {}
+        with self.lock:
+            for name in names:
+                cached = self._answers.get(name)
+                if cached and now - cached[0] < self.refresh_seconds:
+                    found[name] = cached[1]
+        for remote in self.remotes:
+            wanted = [n for n in (remote.users or ()) if found.get(n) is None]
+            for start in range(0, len(wanted), REMOTE_BATCH):
+                batch = wanted[start:start + REMOTE_BATCH]
+                calls = [{"methodName": "getUser", "params": [n]} for n in batch]
+                try:
+                    results = self._call(remote, "system.multicall", calls)
+                except StoreUnavailable:
+                    break
+                for name, result in zip(batch, results if isinstance(results, list) else []):
+                    if isinstance(result, list) and result and isinstance(result[0], str) \
+                            and result[0].strip() not in ("", NO_SUCH_USER):
+                        found[name] = Status(clean_text(result[0]))
+                        self._remember(name, found[name])
+        return [(name, found[name]) for name in names if found.get(name) is not None]
+
+
+BACKENDS = {"sqlite": SQLiteStore, "memory": MemoryStore, "file": FileStore, "pwd": PlanStore,
+            "process": ProcessStore, "xmlrpc": RemoteStore}
 
 
 def default_db_path() -> str:
@@ -596,6 +1130,12 @@ def open_store(args: argparse.Namespace) -> Store:
         if not args.users_file:
             raise StartupError("--backend file needs --users-file PATH")
         return FileStore(args.users_file, args.refresh)
+    if args.backend == "pwd":
+        return PlanStore(args.refresh)
+    if args.backend == "process":
+        return ProcessStore(args.finger_program, args.refresh)
+    if args.backend == "xmlrpc":
+        return RemoteStore(args.remote, args.refresh)
     raise StartupError("backend %r is not available" % args.backend)
 
 
@@ -1105,7 +1645,14 @@ def user_block(name: str, status: Optional[Status], verbose: bool, several: bool
         return ["%s: %s" % (shown_name(name), NO_SUCH_USER)] if several else [NO_SUCH_USER]
     lines = [clean_line(line) for line in status.text.split("\n")]
     if verbose:
-        return ["Login: %s" % name, "Set: %s" % format_time(status.set_at, now)] + lines
+        head = ["Login: %s" % name]
+        for label, text in status.details:
+            text_lines = [clean_line(line) for line in text.split("\n")]
+            head.append("%s: %s" % (clean_line(label), text_lines[0]))
+            head.extend("  " + line for line in text_lines[1:])
+        if status.set_at:
+            head.append("Set: %s" % format_time(status.set_at, now))
+        return head + lines
     if several:
         return ["%s: %s" % (name, lines[0])] + ["  " + line for line in lines[1:]]
     return lines
@@ -1129,12 +1676,13 @@ def finger_reply(store: Store, query: FingerQuery, allow_list: bool = True) -> s
     elif not query.names:
         lines = list_lines(store.items()) if allow_list else [LIST_DENIED]
     else:
-        several = len(query.names) > 1 or query.verbose
+        several = len(query.names) > 1
         lines = []
         for name in query.names[:MAX_NAMES_PER_QUERY]:
             if lines and query.verbose:
                 lines.append("")
-            lines.extend(user_block(name, store.get(name), query.verbose, several))
+            lines.extend(user_block(name, store.get(name, query.verbose), query.verbose,
+                                    several))
     return "\r\n".join(lines) + "\r\n"
 
 
@@ -1177,7 +1725,13 @@ class FingerServer(PooledTCPServer):
         self._list_cache: Tuple[int, bytes] = (-1, b"")
 
     def answer(self, line: str) -> bytes:
-        query = parse_query(line)
+        try:
+            return self._answer(parse_query(line))
+        except StoreUnavailable as e:
+            log.warning("finger: %s", e)
+            return (UNAVAILABLE + "\r\n").encode()
+
+    def _answer(self, query: FingerQuery) -> bytes:
         if not query.names and not query.forwarding and self.allow_list:
             version, reply = self._list_cache      # 1,000 users are not re-listed per query
             if version != self.store.version or self.store.blocking:
@@ -1356,8 +1910,12 @@ def render_user(name: str, status: Status) -> str:
     when = ('<p class="meta">Set <time datetime="%s">%s</time></p>\n'
             % (iso_time(status.set_at), html.escape(format_time(status.set_at).split(" (")[0]))
             if status.set_at else "")
-    body = ('<h1>%s</h1>\n<p class="status">%s</p>\n%s<p><a href="./">All users</a></p>'
-            % (html.escape(name), status_html(status.text), when))
+    details = "".join("<dt>%s</dt><dd>%s</dd>" % (html.escape(clean_line(label)),
+                                                 status_html(text))
+                      for label, text in status.details)
+    body = ('<h1>%s</h1>\n<p class="status">%s</p>\n%s%s<p><a href="./">All users</a></p>'
+            % (html.escape(name), status_html(status.text),
+               '<dl class="meta">%s</dl>\n' % details if details else "", when))
     return html_page("%s - fingerd" % html.escape(name), body)
 
 
@@ -1501,7 +2059,16 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         while self.raw_requestline in (b"\r\n", b"\n"):
             self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 3)
         if self.parse_request():
-            self.route()
+            # The Via chain travels on with any remote call this request makes (loops).
+            _request_context.via = ", ".join(self.headers.get_all("Via") or ())[:4096]
+            try:
+                self.route()
+            except StoreUnavailable as e:
+                log.warning("http: %s", e)
+                self.fail(503, "The status service is unavailable right now; try again later.",
+                          extra="Retry-After: 30\r\n")
+            finally:
+                _request_context.via = ""
         self.after = "close" if self.close_connection else "keep"
 
     def parse_request(self) -> bool:
@@ -1647,12 +2214,16 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if len(body) != length:
             self.fail(400, "The body is shorter than its Content-Length.")
             return
+        refusal = None
         if re.search(rb"<!(?:DOCTYPE|ENTITY)", body, re.I):
             # DTDs bring entity expansion ("billion laughs") and external entities.
+            refusal = "DTDs and entities are not accepted"
+        elif "fingerd/" + self.server.instance_id in _request_context.via:
+            refusal = "request loop: this fingerd is among its own remotes"
+        if refusal:
             import xmlrpc.client       # with xmlrpc.server, loaded on the first call only
-            reply = xmlrpc.client.dumps(xmlrpc.client.Fault(
-                1, "DTDs and entities are not accepted"), methodresponse=True)
-            data = reply.encode("utf-8")
+            data = xmlrpc.client.dumps(xmlrpc.client.Fault(1, refusal),
+                                       methodresponse=True).encode("utf-8")
         else:
             data = self.server.rpc()._marshaled_dispatch(body)
         self.send(self.response_bytes(200, data, "text/xml; charset=utf-8",
@@ -1664,6 +2235,7 @@ class WebServer(PooledTCPServer):
 
     label = "http"
     nodelay = True
+    instance_id = INSTANCE_ID      # who this server is in Via chains (loop detection)
     idle_timeout = HTTP_IDLE_TIMEOUT
     max_cached_pages = 4096
 
@@ -1704,7 +2276,7 @@ class WebServer(PooledTCPServer):
             newest = max((status.set_at for _, status in items), default=0.0)
             return make_page(render_user_list(items), newest)
         name = path[1:]
-        status = self.store.get(name) if valid_name(name) else None
+        status = self.store.get(name, verbose=True) if valid_name(name) else None
         if status is None:
             return None
         return make_page(render_user(name, status), status.set_at)
@@ -1724,39 +2296,6 @@ IRC_REGISTER_TIMEOUT = 60.0           # no welcome (001) in this long: try again
 IRC_QUEUE_LIMIT = 64                  # lines waiting for the token bucket; more are dropped
 IRC_NICK_RE = re.compile(r"[A-Za-z\[\]\\`_^{|}][A-Za-z0-9\[\]\\`_^{|}-]{0,29}\Z")
 IRC_CHANNEL_RE = re.compile(r"[#&+!][^\x00\x07\r\n ,:]{1,49}\Z")
-# Twisted's ReconnectingClientFactory: factor e, jitter 0.11962656472, here capped at 300 s.
-BACKOFF_FACTOR = 2.7182818284590451
-BACKOFF_JITTER = 0.11962656472
-BACKOFF_MAX = 300.0
-
-
-class Backoff:
-    """Exponential back-off with jitter: initial, then x factor per failure, capped.
-
-    Each delay is drawn from a normal distribution around the nominal one (standard
-    deviation jitter x delay), as Twisted does, so that many bots do not reconnect in step.
-    reset() after a success.  `rng` is injectable (anything with normalvariate())."""
-
-    def __init__(self, initial: float = 1.0, factor: float = BACKOFF_FACTOR,
-                 jitter: float = BACKOFF_JITTER, maximum: float = BACKOFF_MAX,
-                 rng=None) -> None:
-        self.initial, self.factor, self.jitter, self.maximum = initial, factor, jitter, maximum
-        self.rng = rng or random.Random()
-        self.nominal = initial
-
-    def next(self) -> float:
-        """The delay before the next attempt; the one after it will be longer."""
-        nominal = self.nominal
-        self.nominal = min(self.nominal * self.factor, self.maximum)
-        if self.jitter:
-            return min(self.maximum, max(0.0, self.rng.normalvariate(nominal,
-                                                                     nominal * self.jitter)))
-        return nominal
-
-    def reset(self) -> None:
-        self.nominal = self.initial
-
-
 class SendQueue:
     """A bounded line queue drained by a token bucket: `burst` lines at once, then `rate`
     lines a second, as IRC servers expect of clients that do not want to be kicked."""
@@ -2331,10 +2870,17 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--users-file", metavar="PATH",
                        help="'user: status' lines: the file backend's data, or the memory "
                             "backend's initial statuses")
+    store.add_argument("--finger-program", metavar="PATH", default="finger",
+                       help="the process backend's program, run as PATH -- USER "
+                            "(default: finger)")
+    store.add_argument("--remote", metavar="URL", action="append", default=[],
+                       help="the xmlrpc backend's servers, e.g. http://host:8000/RPC2 "
+                            "(repeatable: the first that knows a user answers)")
     store.add_argument("--refresh", metavar="SECONDS", type=positive_float,
                        default=DEFAULT_REFRESH,
-                       help="how often the file backend checks its file for changes "
-                            "(default: %g)" % DEFAULT_REFRESH)
+                       help="how often the file backend checks its file, the pwd backend "
+                            "re-lists accounts, and the process and xmlrpc backends' answers "
+                            "are kept (default: %g)" % DEFAULT_REFRESH)
     net = parser.add_argument_group("listeners")
     net.add_argument("--finger", metavar="[HOST:]PORT|off", type=endpoint_arg(),
                      default=parse_endpoint(DEFAULT_FINGER),

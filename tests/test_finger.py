@@ -238,9 +238,9 @@ class BlockingStore(fingerd.MemoryStore):
     """A store whose reads wait, like a remote one: handlers must run on workers."""
     blocking = True
 
-    def get(self, user):
+    def get(self, user, verbose=False):
         time.sleep(0.2)
-        return super().get(user)
+        return super().get(user, verbose)
 
 
 class WorkerPoolTest(unittest.TestCase):
