@@ -45,6 +45,7 @@ import queue
 import random
 import re
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -1267,12 +1268,15 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
     drain_seconds = DRAIN_SECONDS
     inline = True
     nodelay = False      # TCP_NODELAY for protocols that write several segments per exchange
+    log_queries = False  # log every request at INFO (--log-queries), else at DEBUG
     label = "server"
 
     def __init__(self, server_address: Tuple[str, int], handler_class,
-                 bind_and_activate: bool = True) -> None:
+                 bind_and_activate: bool = True, sock: Optional[socket.socket] = None) -> None:
+        """Bind server_address, or serve `sock`, a listening socket made elsewhere (systemd)."""
         host = server_address[0]
-        self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.address_family = sock.family if sock is not None else (
+            socket.AF_INET6 if ":" in host else socket.AF_INET)
         self._conns: Dict[int, Connection] = {}
         self._completed: deque = deque()
         self._wake_pending = False
@@ -1284,7 +1288,11 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
         self._stopped = threading.Event()
         self._stopped.set()
         self._epoll = select.epoll()
-        super().__init__(server_address, handler_class, bind_and_activate)  # may server_close()
+        if sock is not None:
+            socketserver.BaseServer.__init__(self, server_address, handler_class)
+            self.socket = sock
+        else:
+            super().__init__(server_address, handler_class, bind_and_activate)  # may close
         self.socket.setblocking(False)
         if self.nodelay:     # Linux gives accepted sockets the listener's TCP_NODELAY
             self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1686,6 +1694,15 @@ def finger_reply(store: Store, query: FingerQuery, allow_list: bool = True) -> s
     return "\r\n".join(lines) + "\r\n"
 
 
+def answer_finger(store: Store, line: str, allow_list: bool = True) -> bytes:
+    """The bytes answering one query line, for the listener and for --inetd alike."""
+    try:
+        return finger_reply(store, parse_query(line), allow_list).encode("utf-8")
+    except StoreUnavailable as e:
+        log.warning("finger: %s", e)
+        return (UNAVAILABLE + "\r\n").encode()
+
+
 class FingerHandler(BufferedRequestHandler):
     """Answers one finger query line, then the connection closes (RFC 1288 §2.1)."""
 
@@ -1709,7 +1726,11 @@ class FingerHandler(BufferedRequestHandler):
         return text.encode() + b"\r\n"
 
     def handle(self) -> None:
-        self.wfile.write(self.server.answer(decode_peer(self.rfile.read())))
+        line = decode_peer(self.rfile.read())
+        if self.server.log_queries:        # RFC 1288 §3.2.7: only when the admin asks
+            log.info("finger query from %s: %r", format_address(*self.client_address[:2]),
+                     line.strip())
+        self.wfile.write(self.server.answer(line))
 
 
 class FingerServer(PooledTCPServer):
@@ -1717,29 +1738,23 @@ class FingerServer(PooledTCPServer):
 
     label = "finger"
 
-    def __init__(self, address, store: Store, allow_list: bool = True) -> None:
-        super().__init__(address, FingerHandler)
+    def __init__(self, address, store: Store, allow_list: bool = True,
+                 sock: Optional[socket.socket] = None) -> None:
+        super().__init__(address, FingerHandler, sock=sock)
         self.store = store
         self.allow_list = allow_list
         self.inline = not store.blocking
         self._list_cache: Tuple[int, bytes] = (-1, b"")
 
     def answer(self, line: str) -> bytes:
-        try:
-            return self._answer(parse_query(line))
-        except StoreUnavailable as e:
-            log.warning("finger: %s", e)
-            return (UNAVAILABLE + "\r\n").encode()
-
-    def _answer(self, query: FingerQuery) -> bytes:
-        if not query.names and not query.forwarding and self.allow_list:
+        if not line.split() and self.allow_list and not self.store.blocking:
             version, reply = self._list_cache      # 1,000 users are not re-listed per query
-            if version != self.store.version or self.store.blocking:
+            if version != self.store.version:
                 version = self.store.version
-                reply = finger_reply(self.store, query).encode("utf-8")
+                reply = answer_finger(self.store, line, True)
                 self._list_cache = (version, reply)
             return reply
-        return finger_reply(self.store, query, self.allow_list).encode("utf-8")
+        return answer_finger(self.store, line, self.allow_list)
 
 
 # -- Setter -------------------------------------------------------------------------------
@@ -1797,8 +1812,9 @@ class SetterServer(PooledTCPServer):
 
     label = "setter"
 
-    def __init__(self, address, store: Store, allow: Sequence = ()) -> None:
-        super().__init__(address, SetterHandler)
+    def __init__(self, address, store: Store, allow: Sequence = (),
+                 sock: Optional[socket.socket] = None) -> None:
+        super().__init__(address, SetterHandler, sock=sock)
         self.store = store
         self.allow = list(allow)
         self.inline = not store.blocking
@@ -1806,8 +1822,9 @@ class SetterServer(PooledTCPServer):
     def outcome(self, user: str, peer, error: Optional[FingerdError]) -> bytes:
         """The setter's one-line answer for a finished write, logged."""
         if error is None:
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("setter: %s set from %s", user, format_address(*peer[:2]))
+            level = logging.INFO if self.log_queries else logging.DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "setter: %s set from %s", user, format_address(*peer[:2]))
             return b"OK\r\n"
         log.info("setter: refused a write for %r from %s: %s", user, format_address(*peer[:2]),
                  error)
@@ -2126,9 +2143,10 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         self.fail(code, explain or message or "")
 
     def log_request(self, code="-", size="-"):
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("http %s %r %s %s", format_address(*self.client_address[:2]),
-                      self.requestline[:200], code, size)
+        level = logging.INFO if self.server.log_queries else logging.DEBUG
+        if log.isEnabledFor(level):
+            log.log(level, "http %s %r %s %s", format_address(*self.client_address[:2]),
+                    self.requestline[:200], code, size)
 
     def log_message(self, format, *args):
         log.info("http %s: %s", format_address(*self.client_address[:2]), format % args)
@@ -2239,8 +2257,8 @@ class WebServer(PooledTCPServer):
     idle_timeout = HTTP_IDLE_TIMEOUT
     max_cached_pages = 4096
 
-    def __init__(self, address, store: Store) -> None:
-        super().__init__(address, WebHandler)
+    def __init__(self, address, store: Store, sock: Optional[socket.socket] = None) -> None:
+        super().__init__(address, WebHandler, sock=sock)
         self.store = store
         self.inline = not store.blocking
         self._rpc = None
@@ -2708,13 +2726,52 @@ def raise_fd_limit() -> None:
         pass
 
 
-def bind_server(label: str, endpoint: Tuple[str, int], factory):
-    """Construct and bind a listener; a failure is a StartupError naming the address."""
+def systemd_listeners() -> Dict[str, socket.socket]:
+    """Listening sockets systemd passed us (socket activation), by protocol name.
+
+    LISTEN_PID must be this process; fds 3.. are matched to finger/setter/http by
+    LISTEN_FDNAMES (FileDescriptorName=), unnamed ones by order.  The variables are removed so
+    that no child believes the sockets are its own."""
+    env = os.environ
+    pid, count = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
+    names = env.get("LISTEN_FDNAMES", "").split(":")
+    for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        env.pop(key, None)
+    if not (pid.isdigit() and count.isdigit() and int(pid) == os.getpid()):
+        return {}
+    order = ["finger", "setter", "http"]
+    found: Dict[str, socket.socket] = {}
+    unnamed = []
+    for index in range(int(count)):
+        sock = socket.socket(fileno=3 + index)       # family and type from the descriptor
+        sock.set_inheritable(False)
+        name = names[index] if index < len(names) else ""
+        if name in order and name not in found:
+            found[name] = sock
+        else:
+            unnamed.append(sock)
+    for name in order:
+        if name not in found and unnamed:
+            found[name] = unnamed.pop(0)
+    for sock in unnamed:
+        log.warning("ignoring an extra socket from systemd: %s", sock)
+        sock.close()
+    return found
+
+
+def bind_server(label: str, endpoint: Tuple[str, int], factory,
+                adopted: Optional[socket.socket] = None):
+    """Construct a listener, on a socket systemd passed or bound here; a failure is a
+    StartupError naming the address."""
+    if adopted is not None:
+        server = factory(adopted.getsockname()[:2], adopted)
+        log.info("%s listening on %s (from systemd)", label, server.address)
+        return server
     host, port = endpoint
     if not host:
         host = "::" if socket.has_ipv6 else "0.0.0.0"
     try:
-        server = factory((host, port))
+        server = factory((host, port), None)
     except OSError as e:
         if host == "::" and e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL):
             return bind_server(label, ("0.0.0.0", port), factory)
@@ -2728,12 +2785,174 @@ def bind_server(label: str, endpoint: Tuple[str, int], factory):
     return server
 
 
+def drop_privileges(user: str) -> None:
+    """Become `user` for good: supplementary groups cleared, gid then uid set, and checked
+    that root cannot be regained.  Called after binding, before anything else is opened."""
+    import pwd
+    try:
+        account = pwd.getpwnam(user)
+    except KeyError:
+        raise StartupError("--user %s: no such user" % user)
+    if os.geteuid() != 0:
+        if account.pw_uid == os.getuid():
+            return
+        raise StartupError("--user %s: fingerd must start as root to change user" % user)
+    os.setgroups([])
+    os.setgid(account.pw_gid)
+    os.setuid(account.pw_uid)
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass
+    else:
+        raise StartupError("could not drop root privileges (setuid(0) still works)")
+    if os.getuid() != account.pw_uid or os.getgid() != account.pw_gid or os.getgroups():
+        raise StartupError("could not become %s" % user)
+    log.info("running as %s (uid %d, gid %d)", user, account.pw_uid, account.pw_gid)
+
+
+class Notifier:
+    """sd_notify(3) without libsystemd: datagrams to $NOTIFY_SOCKET (READY=1, STATUS=...,
+    STOPPING=1, WATCHDOG=1); silent where there is no such socket.  `watchdog` is the
+    interval at which WATCHDOG=1 is due (half of WATCHDOG_USEC), or None."""
+
+    def __init__(self) -> None:
+        address = os.environ.get("NOTIFY_SOCKET", "")
+        if address.startswith("@"):                     # the abstract namespace
+            address = "\0" + address[1:]
+        self.address = address
+        self.sock = None
+        if address:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            except OSError:
+                self.sock = None
+        usec, pid = os.environ.get("WATCHDOG_USEC", ""), os.environ.get("WATCHDOG_PID", "")
+        self.watchdog = None
+        if usec.isdigit() and int(usec) > 0 and (not pid or pid == str(os.getpid())):
+            self.watchdog = int(usec) / 2e6
+
+    def send(self, *states: str) -> None:
+        if self.sock is None:
+            return
+        try:
+            self.sock.sendto("\n".join(states).encode("utf-8"), self.address)
+        except OSError as e:
+            log.debug("sd_notify failed: %s", e)
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is connected to journald ($JOURNAL_STREAM names its device:inode)."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return stream == "%d:%d" % (st.st_dev, st.st_ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """'<N>message' lines: journald reads the priority, and stamps the time itself."""
+
+    PRIORITIES = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                  logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record).replace("\n", " | ")
+        return "<%d>%s" % (self.PRIORITIES.get(record.levelno, 6), text)
+
+
+def configure_logging(level: str, inetd: bool = False) -> None:
+    """One handler on stderr, in journald's form under systemd.  With --inetd, stderr may be
+    the client's socket: then messages go to syslog (or nowhere), never to the client."""
+    if inetd and stderr_is_client():
+        handler: logging.Handler = logging.NullHandler()
+        if os.path.exists("/dev/log"):
+            from logging.handlers import SysLogHandler
+            try:
+                handler = SysLogHandler("/dev/log", SysLogHandler.LOG_DAEMON)
+                handler.setFormatter(logging.Formatter("fingerd[%(process)d]: %(message)s"))
+            except OSError:
+                handler = logging.NullHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        if stderr_is_journal():
+            handler.setFormatter(JournalFormatter("%(message)s"))
+        else:
+            handler.setFormatter(logging.Formatter(
+                "%(asctime)s fingerd %(levelname)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+    log.handlers[:] = [handler]
+    log.setLevel(level.upper())
+    log.propagate = False
+
+
+def stderr_is_client() -> bool:
+    """True when fd 2 is the same open socket as fd 0 (inetd gives one socket as all three)."""
+    try:
+        err, inp = os.fstat(2), os.fstat(0)
+    except OSError:
+        return False
+    return stat.S_ISSOCK(err.st_mode) and (err.st_dev, err.st_ino) == (inp.st_dev, inp.st_ino)
+
+
+def serve_inetd(store: Store, allow_list: bool, log_queries: bool = False,
+                deadline: float = CONNECTION_DEADLINE, infd: int = 0, outfd: int = 1) -> int:
+    """One finger query on stdin, its answer on stdout, as inetd or systemd Accept=yes run us:
+    the same framing, limits, deadline and filtering as the finger listener."""
+    end = time.monotonic() + deadline
+    buf, eof = b"", False
+    reply = b""
+    while True:
+        try:
+            length = FingerHandler.request_length(buf, eof)
+        except RequestTooLarge:
+            reply = FingerHandler.refusal("too-long")
+            break
+        if length is not None:
+            line = decode_peer(buf[:length])
+            if log_queries:
+                log.info("finger query from %s (inetd): %r", inetd_peer(infd), line.strip())
+            reply = answer_finger(store, line, allow_list)
+            break
+        if eof:
+            return 0                        # connected and left without asking
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([infd], [], [], left)[0]:
+            reply = FingerHandler.refusal("timeout")
+            break
+        data = os.read(infd, FingerHandler.recv_size)
+        buf += data
+        eof = not data
+    end = max(end, time.monotonic() + LINGER_SECONDS)     # the answer gets its own moment
+    while reply:
+        left = end - time.monotonic()
+        if left <= 0 or not select.select([], [outfd], [], left)[1]:
+            return 1                        # the client does not read: give up
+        try:
+            reply = reply[os.write(outfd, reply):]
+        except OSError:
+            return 1
+    return 0
+
+
+def inetd_peer(fd: int) -> str:
+    try:
+        peer = socket.socket(fileno=os.dup(fd))
+        try:
+            return format_address(*peer.getpeername()[:2])
+        finally:
+            peer.close()
+    except (OSError, TypeError, ValueError):
+        return "stdin"
+
+
 class Daemon:
     """The running program: the store, the listeners and their threads.
 
-    start() binds every listener first (so a busy port fails before anything is opened), then
-    opens the store and starts one serving thread per listener; stop() drains the listeners
-    together (at most DRAIN_SECONDS), then closes the store."""
+    start() binds every listener (or adopts systemd's sockets) first, so a busy port fails
+    before anything is opened; then drops privileges (--user), opens the store and starts one
+    serving thread per listener and the IRC bot.  reload() is SIGHUP.  stop() drains the
+    listeners together (at most DRAIN_SECONDS), then closes the store."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -2750,25 +2969,35 @@ class Daemon:
         # every acknowledged write's latency, 1 ms costs nothing measurable.
         sys.setswitchinterval(0.001)
         placeholder = MemoryStore()     # listeners are bound before the store is opened
+        adopted = systemd_listeners()
+        factories = [
+            ("finger", args.finger, lambda addr, sock: FingerServer(
+                addr, placeholder, not args.no_list, sock=sock)),
+            ("setter", args.setter, lambda addr, sock: SetterServer(
+                addr, placeholder, args.setter_allow, sock=sock)),
+            ("http", args.http, lambda addr, sock: WebServer(addr, placeholder, sock=sock))]
         try:
-            if args.finger:
-                self.servers.append(bind_server(
-                    "finger", args.finger,
-                    lambda addr: FingerServer(addr, placeholder, not args.no_list)))
-            if args.setter:
-                self.servers.append(bind_server(
-                    "setter", args.setter,
-                    lambda addr: SetterServer(addr, placeholder, args.setter_allow)))
-            if args.http:
-                self.servers.append(bind_server(
-                    "http", args.http, lambda addr: WebServer(addr, placeholder)))
-            self.store = open_store(args)
+            for label, endpoint, factory in factories:
+                if endpoint or label in adopted:
+                    self.servers.append(bind_server(label, endpoint, factory,
+                                                    adopted.pop(label, None)))
+            if args.user:
+                drop_privileges(args.user)
+            elif os.geteuid() == 0:
+                log.warning("running as root; --user NAME would drop to NAME after binding")
+            try:
+                self.store = open_store(args)
+            except StartupError as e:
+                if args.user:
+                    raise StartupError("%s (as user %s)" % (e, args.user))
+                raise
         except FingerdError:
             self.close()
             raise
         for server in self.servers:
             server.store = self.store
             server.inline = not self.store.blocking
+            server.log_queries = args.log_queries
             thread = threading.Thread(target=server.serve_forever, args=(0.25,),
                                       name=server.label + "-loop", daemon=True)
             thread.start()
@@ -2779,6 +3008,26 @@ class Daemon:
                               password=args.irc_secret, sasl=args.irc_sasl)
             self.bot.start()
         log.info("fingerd %s serving with the %s backend", __version__, self.store.name)
+
+    @property
+    def healthy(self) -> bool:
+        """Every serving thread still runs (what the watchdog vouches for)."""
+        return all(thread.is_alive() for thread in self.threads)
+
+    def status_line(self) -> str:
+        return "serving %s with the %s backend" % (
+            ", ".join("%s on %s" % (s.label, s.address) for s in self.servers),
+            self.store.name if self.store else "no")
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the backend's source now and forget rendered pages."""
+        log.info("SIGHUP: re-reading the %s backend", self.store.name)
+        try:
+            self.store.refresh()
+        except FingerdError as e:
+            log.warning("reload: %s", e)
+        with self.store.lock:
+            self.store._changed()          # caches keyed on the version start afresh
 
     def stop(self) -> None:
         if self.bot is not None:
@@ -2837,6 +3086,12 @@ examples:
   curl http://localhost:8000/alice                         her web page (/ lists everyone)
   python3 -c "import xmlrpc.client as x; print(x.ServerProxy('http://localhost:8000/RPC2').getUser('alice'))"
   fingerd --backend file --users-file /etc/users --no-list   the admin's file, no list
+  sudo fingerd --backend pwd --user fingerd                 ~/.plan files, on port 79
+  fingerd @/etc/fingerd.conf                                 arguments from a file
+  printf 'alice\\r\\n' | fingerd --inetd --backend pwd       one query (inetd)
+
+signals: SIGHUP re-reads the backend; SIGTERM, SIGINT finish replies in flight and exit.
+under systemd: socket activation (LISTEN_FDS, by FileDescriptorName=), Type=notify, watchdog.
 
 exit status: 0 after SIGTERM/SIGINT, 1 when it cannot start, 2 for a usage error.
 """
@@ -2854,9 +3109,22 @@ def irc_channel_arg(spec: str) -> str:
     return spec
 
 
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse reading @FILE arguments the way a config file is written: shell-like words,
+    several per line ('--finger 79'), '#' comments and blank lines ignored."""
+
+    def convert_arg_line_to_args(self, arg_line: str) -> List[str]:
+        try:
+            return shlex.split(arg_line, comments=True)
+        except ValueError as e:
+            self.error("in an @FILE line %r: %s" % (arg_line.strip(), e))
+            return []
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="fingerd",
+        fromfile_prefix_chars="@",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A finger daemon (RFC 1288) with a status setter, backed by sqlite, "
                     "memory or an admin's users file.",
@@ -2915,6 +3183,16 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: $FINGERD_IRC_PASSWORD, never a command-line argument")
     irc.add_argument("--irc-sasl", action="store_true",
                      help="log in with SASL PLAIN as the nick, using the password")
+    daemon = parser.add_argument_group("daemon")
+    daemon.add_argument("--user", metavar="NAME",
+                        help="started as root: bind the listeners, then become NAME (and its "
+                             "group, supplementary groups cleared) before opening anything")
+    daemon.add_argument("--inetd", action="store_true",
+                        help="answer one finger query on stdin/stdout and exit (inetd, systemd "
+                             "Accept=yes)")
+    daemon.add_argument("--log-queries", action="store_true",
+                        help="log every finger query, HTTP request and setter write with the "
+                             "peer's address (RFC 1288 3.2.7: off by default)")
     parser.add_argument("--log-level", default="info",
                         choices=["debug", "info", "warning", "error"],
                         help="how much to log on stderr (default: info; debug adds one line "
@@ -2923,13 +3201,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def configure_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s fingerd %(levelname)s: %(message)s",
-                                           "%Y-%m-%d %H:%M:%S"))
-    log.handlers[:] = [handler]
-    log.setLevel(level.upper())
-    log.propagate = False
+def run_inetd(args: argparse.Namespace) -> int:
+    """--inetd: one query on stdin/stdout, then exit (inetd, systemd Accept=yes)."""
+    try:
+        if args.user:
+            drop_privileges(args.user)
+        store = open_store(args)
+    except FingerdError as e:
+        log.error("%s", e)
+        if not stderr_is_client():
+            print("fingerd: %s" % e, file=sys.stderr)
+        return 1
+    try:
+        return serve_inetd(store, not args.no_list, args.log_queries)
+    finally:
+        store.close()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -2939,32 +3225,50 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args.irc = parse_irc_server(args.irc, args.irc_tls)
     except ValueError as e:
         parser.error("argument --irc: %s" % e)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level, inetd=args.inetd)
+    if args.inetd:
+        return run_inetd(args)
     try:
         args.irc_secret = read_secret(args.irc_password_file) if args.irc else None
     except FingerdError as e:
         print("fingerd: %s" % e, file=sys.stderr)
         return 1
     daemon = Daemon(args)
-    stop = threading.Event()
-    signals = []
+    notifier = Notifier()
+    wake = threading.Event()
+    signals: List[int] = []
 
     def on_signal(signum, _frame):
         signals.append(signum)
-        if len(signals) > 1 and signum == signal.SIGINT:
+        if signum == signal.SIGINT and signals.count(signal.SIGINT) > 1:
             os._exit(1)               # a second Ctrl-C: no more waiting
-        stop.set()
+        wake.set()
 
-    for signum in (signal.SIGTERM, signal.SIGINT):     # before anything can be served
+    # Before anything is served: SIGHUP's default would kill us, SIGINT's would raise.
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, on_signal)
     try:
         daemon.start()
     except FingerdError as e:
+        notifier.send("STATUS=cannot start: %s" % e)
         print("fingerd: %s" % e, file=sys.stderr)
         return 1
-    while not stop.wait(1.0):
-        pass
-    log.info("stopping (%s)", signal.Signals(signals[0]).name)
+    notifier.send("READY=1", "STATUS=" + daemon.status_line())
+    tick = notifier.watchdog or 1.0
+    while True:
+        wake.wait(tick)
+        wake.clear()
+        stopping = [s for s in signals if s != signal.SIGHUP]
+        if stopping:
+            break
+        if signals:
+            del signals[:]
+            daemon.reload()
+            notifier.send("STATUS=reloaded; " + daemon.status_line())
+        if notifier.watchdog and daemon.healthy:     # a hung loop stops the pings
+            notifier.send("WATCHDOG=1")
+    log.info("stopping (%s)", signal.Signals(stopping[0]).name)
+    notifier.send("STOPPING=1", "STATUS=stopping: finishing replies in flight")
     daemon.stop()
     log.info("stopped")
     return 0
