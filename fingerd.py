@@ -90,6 +90,8 @@ LISTEN_BACKLOG = 1024                 # socketserver's 5 makes bursts wait for S
 MAX_CONNECTIONS = 4096                # per listener; beyond it new clients get a busy line
 MAX_WORKERS = 16                      # per listener, only for stores that may block
 LINGER_SECONDS = 2.0                  # after an error reply, read and discard this long
+MAX_CONNS_PER_IP = 16                 # open connections from one address (IPv6: one /64)
+RATE_PER_IP = 20.0                    # new connections a second from one address, burst 2x
 
 # Reply texts the protocols pin (finger's unknown-user text is shared with XML-RPC).
 NO_SUCH_USER = "No such user"
@@ -98,6 +100,7 @@ FORWARDING_DENIED = "Finger forwarding service denied"
 QUERY_TOO_LONG = "Query too long"
 TIMED_OUT = "Timed out"
 SERVER_BUSY = "Server busy, try again later"
+TOO_MANY = "Too many connections from your address, try again later"
 INTERNAL_ERROR = "Internal error in server"     # the tutorial's wording
 UNAVAILABLE = "Status service temporarily unavailable, try again later"
 NO_USERS = "No users"
@@ -435,6 +438,44 @@ def read_users_file(path: str) -> str:
     return decode_peer(data)
 
 
+class Refresher:
+    """Calls refresh() every `period` seconds on a named daemon thread until stop();
+    soon(delay) asks for one earlier call."""
+
+    def __init__(self, refresh: Callable[[], None], period: float, name: str) -> None:
+        self._refresh, self.period = refresh, period
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._soon_at: Optional[float] = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            soon = self._soon_at
+            self._wake.wait(self.period if soon is None else max(0.0, soon - time.monotonic()))
+            self._wake.clear()
+            if self._stop.is_set():
+                return
+            if self._soon_at is not None and time.monotonic() < self._soon_at:
+                continue                        # woken to set a nearer time, not yet due
+            self._soon_at = None
+            try:
+                self._refresh()
+            except Exception:
+                log.exception("%s: refresh failed", self._thread.name)
+
+    def soon(self, delay: float) -> None:
+        at = time.monotonic() + delay
+        if self._soon_at is None or at < self._soon_at:
+            self._soon_at = at
+            self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+
 class FileStore(DictStore):
     """The admin's users file, re-read when it changes (checked every `refresh` seconds).
 
@@ -443,6 +484,7 @@ class FileStore(DictStore):
 
     name = "file"
     writable = False
+    settle = 1.0       # seconds a changed file must be still before it is read
 
     def __init__(self, path: str, refresh: float = DEFAULT_REFRESH) -> None:
         super().__init__()
@@ -464,6 +506,12 @@ class FileStore(DictStore):
         """Re-read the file if it changed; return True when new data was applied."""
         stamp = self._file_stamp()
         if stamp == self._stamp:
+            return False
+        age = time.time() - stamp[0] / 1e9
+        if not initial and 0 <= age < self.settle:
+            # Changed a moment ago: perhaps still being written (cat > users). Half a file
+            # is never applied; look again once it has been still for `settle` seconds.
+            self._refresher.soon(self.settle - age + 0.05)
             return False
         text = read_users_file(self.path)
         if self._file_stamp() != stamp:       # written while we read it: try again later
@@ -625,26 +673,6 @@ REMOTE_MAX_RESPONSE = 4 * 1024 * 1024 # an XML-RPC answer larger than this is re
 REMOTE_BATCH = 200                    # getUser calls per system.multicall for the user list
 INSTANCE_ID = "%016x" % random.SystemRandom().getrandbits(64)   # this process, in Via chains
 _request_context = threading.local()  # the Via chain of the HTTP request being served
-
-
-class Refresher:
-    """Calls refresh() every `period` seconds on a named daemon thread until stop()."""
-
-    def __init__(self, refresh: Callable[[], None], period: float, name: str) -> None:
-        self._refresh, self.period = refresh, period
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self._refresh()
-            except Exception:
-                log.exception("%s: refresh failed", self._thread.name)
-
-    def stop(self) -> None:
-        self._stop.set()
 
 
 def uid_range(login_defs: str = "/etc/login.defs") -> Tuple[int, int]:
@@ -1186,6 +1214,86 @@ class WorkerPool:
             thread.join(max(0.0, end - time.monotonic()))
 
 
+class ClientLimiter:
+    """Per-address limits for one listener: open connections and new connections a second.
+
+    Addresses are counted whole for IPv4 and by /64 for IPv6 (one subscriber's share).
+    Loopback is exempt unless `limit_loopback`: local tools and reverse proxies all come from
+    there.  Only the listener's loop thread uses it, so it needs no lock."""
+
+    def __init__(self, max_conns: int = MAX_CONNS_PER_IP, rate: float = RATE_PER_IP,
+                 limit_loopback: bool = False, clock: Callable[[], float] = time.monotonic
+                 ) -> None:
+        self.max_conns, self.rate, self.limit_loopback = max_conns, rate, limit_loopback
+        self.clock = clock
+        self.open: Dict[str, int] = {}
+        self.buckets: Dict[str, Tuple[float, float]] = {}      # key -> (tokens, when)
+        self._keys: Dict[str, Optional[str]] = {}               # address -> key
+
+    def key(self, peer) -> Optional[str]:
+        """The address a peer is counted under; None when it is not limited.  Memoised: it
+        runs for every accepted connection."""
+        host = peer[0] if isinstance(peer, tuple) and peer else peer
+        try:
+            return self._keys[host]
+        except (KeyError, TypeError):
+            pass
+        key = self._key(peer)
+        if len(self._keys) >= 4096:              # a scan of many addresses: start over
+            self._keys.clear()
+        try:
+            self._keys[host] = key
+        except TypeError:
+            pass
+        return key
+
+    def _key(self, peer) -> Optional[str]:
+        try:
+            address = ipaddress.ip_address(str(peer[0]).split("%")[0])
+        except (ValueError, IndexError, TypeError):
+            return None                         # not an IP client (a Unix socket)
+        mapped = getattr(address, "ipv4_mapped", None)
+        if mapped is not None:
+            address = mapped
+        if address.is_loopback and not self.limit_loopback:
+            return None
+        if address.version == 6:
+            return str(ipaddress.ip_network("%s/64" % address, strict=False))
+        return str(address)
+
+    def admit(self, peer) -> Optional[str]:
+        """None when the peer may connect (then counted until release()), else the reason."""
+        key = self.key(peer)
+        if key is None:
+            return None
+        if self.max_conns and self.open.get(key, 0) >= self.max_conns:
+            return "too-many"
+        if self.rate:
+            now = self.clock()
+            tokens, when = self.buckets.get(key, (2 * self.rate, now))
+            tokens = min(2 * self.rate, tokens + (now - when) * self.rate)
+            if tokens < 1:
+                self.buckets[key] = (tokens, now)
+                return "too-many"
+            self.buckets[key] = (tokens - 1, now)
+        self.open[key] = self.open.get(key, 0) + 1
+        return None
+
+    def release(self, peer) -> None:
+        key = self.key(peer)
+        if key is not None and key in self.open:
+            self.open[key] -= 1
+            if not self.open[key]:
+                del self.open[key]
+
+    def prune(self) -> None:
+        """Forget addresses whose bucket is full again and that hold no connection."""
+        now = self.clock()
+        for key, (tokens, when) in list(self.buckets.items()):
+            if key not in self.open and tokens + (now - when) * self.rate >= 2 * self.rate:
+                del self.buckets[key]
+
+
 class Connection:
     """One accepted client, owned by its server's loop thread (or by one worker at a time)."""
 
@@ -1288,6 +1396,7 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
         self._stopped = threading.Event()
         self._stopped.set()
         self._epoll = select.epoll()
+        self.limiter = ClientLimiter()
         if sock is not None:
             socketserver.BaseServer.__init__(self, server_address, handler_class)
             self.socket = sock
@@ -1398,6 +1507,10 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
             conn = Connection(sock, peer, now + self.deadline)
             if len(conns) >= self.max_connections:
                 self._refuse_now(conn, "busy")
+                continue
+            limited = self.limiter.admit(peer)
+            if limited:
+                self._refuse_now(conn, limited)
                 continue
             conns[conn.fd] = conn
             if not self.verify_request(sock, peer):
@@ -1583,10 +1696,12 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
     def _close(self, conn: Connection) -> None:
         if self._conns.pop(conn.fd, None) is None:
             return
+        self.limiter.release(conn.peer)
         conn.sock.close()          # closing the descriptor also removes it from epoll
 
     def _sweep(self, now: float) -> None:
         """Enforce the deadlines: a reading client past its deadline gets the timeout reply."""
+        self.limiter.prune()
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
             if conn.state == Connection.READING:
                 if conn.inbuf or conn.after_write != "keep":
@@ -1722,7 +1837,7 @@ class FingerHandler(BufferedRequestHandler):
     @classmethod
     def refusal(cls, reason):
         text = {"too-long": QUERY_TOO_LONG, "timeout": TIMED_OUT, "busy": SERVER_BUSY,
-                "denied": "Access denied"}.get(reason, INTERNAL_ERROR)
+                "too-many": TOO_MANY, "denied": "Access denied"}.get(reason, INTERNAL_ERROR)
         return text.encode() + b"\r\n"
 
     def handle(self) -> None:
@@ -1792,6 +1907,7 @@ class SetterHandler(BufferedRequestHandler):
                 "timeout": "timed out: send the user line, the status, then close your "
                            "sending side (nc -N)",
                 "busy": "server busy, try again later",
+                "too-many": "too many connections from your address, try again later",
                 "denied": "not allowed from this address"}.get(reason, "internal error")
         return b"ERROR " + text.encode() + b"\r\n"
 
@@ -2044,8 +2160,9 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     @classmethod
     def refusal(cls, reason):
         code = {"uri": 414, "headers": 431, "body": 413, "timeout": 408, "busy": 503,
-                "denied": 403, "too-long": 413}.get(reason, 500)
-        return cls.error_response(code, close=True)
+                "too-many": 429, "denied": 403, "too-long": 413}.get(reason, 500)
+        return cls.error_response(code, close=True, extra="Retry-After: 5\r\n"
+                                  if code in (429, 503) else "")
 
     @classmethod
     def error_response(cls, code: int, detail: str = "", close: bool = False,
@@ -2998,6 +3115,8 @@ class Daemon:
             server.store = self.store
             server.inline = not self.store.blocking
             server.log_queries = args.log_queries
+            server.limiter = ClientLimiter(args.max_conns_per_ip, args.rate,
+                                           args.limit_loopback)
             thread = threading.Thread(target=server.serve_forever, args=(0.25,),
                                       name=server.label + "-loop", daemon=True)
             thread.start()
@@ -3064,6 +3183,22 @@ def network_arg(spec: str):
         raise argparse.ArgumentTypeError("not an address or network: %r" % spec)
 
 
+def non_negative_int(spec: str) -> int:
+    if not spec.isdigit():
+        raise argparse.ArgumentTypeError("expected a whole number, 0 or more, got %r" % spec)
+    return int(spec)
+
+
+def non_negative_float(spec: str) -> float:
+    try:
+        value = float(spec)
+    except ValueError:
+        value = -1.0
+    if not value >= 0 or value != value or value == float("inf"):
+        raise argparse.ArgumentTypeError("expected a number, 0 or more, got %r" % spec)
+    return value
+
+
 def positive_float(spec: str) -> float:
     try:
         value = float(spec)
@@ -3126,8 +3261,10 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fingerd",
         fromfile_prefix_chars="@",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="A finger daemon (RFC 1288) with a status setter, backed by sqlite, "
-                    "memory or an admin's users file.",
+        description="A finger daemon (RFC 1288) with a status setter, web pages, XML-RPC "
+                    "and an IRC bot, over one store of statuses: sqlite (durable), memory, "
+                    "an admin's users file, users' ~/.plan, the local finger program, or "
+                    "other servers.",
         epilog=HELP_EPILOG)
     store = parser.add_argument_group("store")
     store.add_argument("--backend", choices=sorted(BACKENDS), default="sqlite",
@@ -3165,6 +3302,17 @@ def build_parser() -> argparse.ArgumentParser:
                      default=[],
                      help="only these addresses or networks may use the setter (repeatable; "
                           "default: anyone who can reach it)")
+    net.add_argument("--max-conns-per-ip", metavar="N", type=non_negative_int,
+                     default=MAX_CONNS_PER_IP,
+                     help="open connections one address may hold per listener (IPv6: per /64; "
+                          "0: no limit; default: %d)" % MAX_CONNS_PER_IP)
+    net.add_argument("--rate", metavar="PER_SECOND", type=non_negative_float,
+                     default=RATE_PER_IP,
+                     help="new connections a second one address may open per listener, in "
+                          "bursts of twice that (0: no limit; default: %g)" % RATE_PER_IP)
+    net.add_argument("--limit-loopback", action="store_true",
+                     help="apply those limits to loopback clients too (they are exempt, as "
+                          "local tools and reverse proxies come from there)")
     net.add_argument("--no-list", action="store_true",
                      help="answer an empty finger query with 'Finger online user list denied'")
     irc = parser.add_argument_group("IRC bot")

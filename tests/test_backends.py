@@ -421,23 +421,21 @@ class RemoteStoreTest(unittest.TestCase):
         with self.assertRaises(fingerd.StoreUnavailable):
             store.get("alice")                     # now it is known to be down
         self.assertEqual(fake.connections, 1)
-        threads = [threading.Thread(target=lambda: self.assertRaises(
-            fingerd.StoreUnavailable, store.get, "alice")) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+
+        def burst():
+            threads = [threading.Thread(target=lambda: self.assertRaises(
+                fingerd.StoreUnavailable, store.get, "alice")) for _ in range(20)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        burst()
         for _ in range(50):
             with self.assertRaises(fingerd.StoreUnavailable):
                 store.get("alice")
         self.assertEqual(fake.connections, 1)      # the back-off holds everyone off
         store.remotes[0].retry_at = 0              # the wait is over: one probe, not 20
-        threads = [threading.Thread(target=lambda: self.assertRaises(
-            fingerd.StoreUnavailable, store.get, "alice")) for _ in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        burst()
         self.assertEqual(fake.connections, 2)
 
     def test_hanging_remote_is_cut_off_at_the_timeout(self):

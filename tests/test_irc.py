@@ -292,6 +292,33 @@ class AnswerTest(BotTestCase):
         self.assertEqual(client.expect(b"PRIVMSG"),
                          b"PRIVMSG carol :Status of alice: Happy and well")
 
+    def test_server_vanishing_mid_line(self):
+        _, client = self.registered()
+        client.sock.sendall(b":carol!c@h PRIVMSG fingerbot :ali")   # no end of line
+        client.close()
+        again = self.server.accept(timeout=5)
+        again.welcome()
+        again.send(b":carol!c@h PRIVMSG fingerbot :alice")
+        self.assertEqual(again.expect(b"PRIVMSG"),
+                         b"PRIVMSG carol :Status of alice: Happy and well")
+        self.assertFalse(any(b"Status of ali:" in l for l in client.all + again.all))
+
+    def test_nick_refused_outright_backs_off(self):
+        waits = []
+        bot = fingerd.IRCBot(self.store, "127.0.0.1", self.server.port,
+                             wait=lambda s: waits.append(s) or len(waits) >= 2,
+                             backoff=fingerd.Backoff(rng=MeanRandom()))
+        with self.assertLogs("fingerd", "WARNING") as logs:
+            bot.start()
+            self.addCleanup(bot.stop)
+            for _ in range(2):
+                client = self.server.accept()
+                client.expect(b"USER ")
+                client.send(b":irc.test 432 * fingerbot :Erroneous nickname")
+            bot._thread.join(5)
+        self.assertEqual(waits, [1.0, fingerd.BACKOFF_FACTOR])
+        self.assertIn("refuses the nick fingerbot", "\n".join(logs.output))
+
     def test_server_error_means_reconnect(self):
         self.registered()
         self.server.clients[0].send(b"ERROR :Closing link (flood)")
@@ -343,10 +370,9 @@ class TLSTest(unittest.TestCase):
         client.send(b":carol!c@h PRIVMSG fingerbot :alice")
         self.assertEqual(client.expect(b"PRIVMSG"), b"PRIVMSG carol :Status of alice: Happy and well")
 
-    def test_untrusted_certificate_is_refused(self):
-        waits = []
-        bot = fingerd.IRCBot(self.store, "localhost", self.port, tls=True,
-                             wait=lambda s: waits.append(s) or True)   # the default trust
+    def refused_handshake(self, bot):
+        """Start the bot (which gives up after one attempt), offer our certificate, and
+        return what it logged."""
         with self.assertLogs("fingerd", "WARNING") as logs:
             bot.start()
             self.addCleanup(bot.stop)
@@ -358,26 +384,20 @@ class TLSTest(unittest.TestCase):
                 pass                                   # the bot hung up on our certificate
             sock.close()
             bot._thread.join(5)
-        self.assertIn("CERTIFICATE_VERIFY_FAILED", "\n".join(logs.output))
         self.assertFalse(bot.connected.is_set())
+        return "\n".join(logs.output)
+
+    def test_untrusted_certificate_is_refused(self):
+        bot = fingerd.IRCBot(self.store, "localhost", self.port, tls=True,
+                             wait=lambda s: True)        # the system's trust, not our CA
+        self.assertIn("CERTIFICATE_VERIFY_FAILED", self.refused_handshake(bot))
 
     def test_wrong_host_name_is_refused(self):
         import ssl
         context = ssl.create_default_context(cafile=self.cert)
         bot = fingerd.IRCBot(self.store, "127.0.0.1", self.port, tls=True, ssl_context=context,
                              wait=lambda s: True)
-        with self.assertLogs("fingerd", "WARNING") as logs:
-            bot.start()
-            self.addCleanup(bot.stop)
-            self.listener.settimeout(10)
-            sock, _ = self.listener.accept()
-            try:
-                self.server_context.wrap_socket(sock, server_side=True)
-            except OSError:
-                pass
-            sock.close()
-            bot._thread.join(5)
-        self.assertRegex("\n".join(logs.output), "IP address mismatch|doesn't match|mismatch")
+        self.assertRegex(self.refused_handshake(bot), "IP address mismatch|doesn't match")
 
 
 class ParsingTest(unittest.TestCase):

@@ -217,7 +217,9 @@ class FileStoreTest(StoreContract, unittest.TestCase):
         self.path = os.path.join(self.dir, "users")
         self.write_users("".join("%s: %s\n" % (u, s.replace("\n", "\\n"))
                                  for u, s in users.items()))
-        return fingerd.FileStore(self.path, refresh=0.05)
+        store = fingerd.FileStore(self.path, refresh=0.05)
+        store.settle = 0.2
+        return store
 
     def write_users(self, text):
         # A new inode and mtime for every write, as an editor saving the file would make.
@@ -277,9 +279,21 @@ class FileStoreTest(StoreContract, unittest.TestCase):
         time.sleep(0.2)
         self.assertEqual(self.store.get("alice").text, "Happy and well")
 
+    def test_torn_write_is_not_applied_until_the_file_is_still(self):
+        with open(self.path, "w") as f:           # an edit in place, under way
+            f.write("alice: Changed\nbo")
+            f.flush()
+            time.sleep(0.1)
+            self.assertEqual(self.store.get("alice").text, "Happy and well")
+            self.assertEqual(self.store.users(), ["alice", "bob", "carol"])
+            f.write("b: also changed\n")          # the writer finishes
+        self.assertTrue(self.wait_for(lambda: self.store.users() == ["alice", "bob"]))
+        self.assertEqual(self.store.get("bob").text, "also changed")
+
     def test_refresh_now(self):
         self.store.refresh_seconds = 3600
         self.write_users("alice: Now\n")
+        os.utime(self.path, (time.time() - 5, time.time() - 5))   # long still
         self.store.refresh()
         self.assertEqual(self.store.get("alice").text, "Now")
 
