@@ -10,7 +10,11 @@ lock-guarded store of statuses:
   setter  (default 127.0.0.1:1079)        send "alice\\n", the status line(s), then half-close;
                                           the answer is "OK" or "ERROR <reason>"
   http    (default port 8000)             GET / (every user), GET /USER (one user's page);
-                                          POST /RPC2: XML-RPC getUser(user), getUsers()
+                                          POST /RPC2: XML-RPC getUser(user), getUsers();
+                                          /USER.json, /users.json, WebFinger, /feed.atom,
+                                          /healthz, /metrics
+  setter socket (--setter-socket PATH)    local users set their own status, known by the
+                                          kernel: fingerd --set "At lunch" --expires 1h
 
 Backends (--backend): sqlite (default; durable, group-committed writes), memory (volatile,
 seeded from --users-file), file (the admin's "user: status" file, re-read when it changes),
@@ -31,6 +35,7 @@ Standard library only, Python 3.9+.  Copy this one file anywhere and run it.
 
 import argparse
 import base64
+import bisect
 import email.utils
 import errno
 import functools
@@ -38,6 +43,7 @@ import html
 import http.client
 import http.server
 import io
+import json
 import ipaddress
 import logging
 import os
@@ -52,6 +58,7 @@ import socket
 import socketserver
 import sqlite3
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -76,12 +83,14 @@ DEFAULT_SETTER = "127.0.0.1:1079"     # the tutorial's port; loopback because it
 DEFAULT_HTTP = "8000"
 DEFAULT_REFRESH = 30.0                # the tutorial re-reads /etc/users every 30 s
 DB_NAME = "fingerd.db"
+DEFAULT_SETTER_SOCKET = "/run/fingerd/setter.sock"   # what the client tries; systemd's path
 
 MAX_QUERY = 1024                      # one finger query line; real names are < 40 bytes
 MAX_NAMES_PER_QUERY = 16              # "alice bob ..." answered each, up to this many
 MAX_NAME = 32                         # user names: useradd's limit
 MAX_STATUS_BYTES = 16 * 1024          # a status is a .plan, not a document
 MAX_STATUS_LINES = 100
+MAX_EXPIRY = 366 * 86400              # a status may expire at most a year from now
 MAX_SETTER_REQUEST = MAX_STATUS_BYTES + 1024   # status plus its user line and CRLFs
 MAX_USERS_FILE = 16 * 1024 * 1024     # 16 MiB is ~250k users; beyond that it is not a users file
 CONNECTION_DEADLINE = 10.0            # whole connection, not per recv: trickling clients lose
@@ -104,6 +113,7 @@ TOO_MANY = "Too many connections from your address, try again later"
 INTERNAL_ERROR = "Internal error in server"     # the tutorial's wording
 UNAVAILABLE = "Status service temporarily unavailable, try again later"
 NO_USERS = "No users"
+CHANGE_LOG = 100                      # recent status changes kept for /feed.atom
 
 log = logging.getLogger("fingerd")
 
@@ -203,17 +213,26 @@ def format_time(epoch: float, now: Optional[float] = None) -> str:
     if not epoch:
         return "unknown"
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(epoch))
-    age = max(0.0, (time.time() if now is None else now) - epoch)
+    age = (time.time() if now is None else now) - epoch
     for unit, seconds in (("day", 86400), ("hour", 3600), ("minute", 60)):
-        if age >= seconds:
-            count = int(age // seconds)
-            return "%s (%d %s%s ago)" % (stamp, count, unit, "" if count == 1 else "s")
-    return stamp + " (just now)"
+        if abs(age) >= seconds:
+            count = int(abs(age) // seconds)
+            plural = "" if count == 1 else "s"
+            return ("%s (%d %s%s ago)" if age > 0 else "%s (in %d %s%s)") % (
+                stamp, count, unit, plural)
+    return stamp + (" (just now)" if age >= 0 else " (in a moment)")
 
 
 def format_address(host: str, port: int) -> str:
     """HOST:PORT with IPv6 hosts in brackets, as people type them."""
     return "[%s]:%d" % (host, port) if ":" in host else "%s:%d" % (host, port)
+
+
+def describe_peer(peer) -> str:
+    """A client for the log: HOST:PORT, or what a Unix socket knows (set by its handler)."""
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return format_address(str(peer[0]), peer[1])
+    return str(peer) if peer else "a local client"
 
 
 def parse_endpoint(spec: str, default_host: str = "") -> Optional[Tuple[str, int]]:
@@ -273,10 +292,12 @@ class Backoff:
 
 class Status(NamedTuple):
     """A user's status: its text (lines joined by LF), when it was set (epoch seconds, 0 when
-    unknown), and what a verbose query adds: (label, text) pairs such as ("Name", ...)."""
+    unknown), what a verbose query adds ((label, text) pairs such as ("Name", ...)), and when
+    it expires (epoch seconds; 0: never)."""
     text: str
     set_at: float = 0.0
     details: Tuple[Tuple[str, str], ...] = ()
+    expires_at: float = 0.0
 
 
 def check_status(user: str, text: str) -> str:
@@ -294,6 +315,21 @@ def check_status(user: str, text: str) -> str:
     return text
 
 
+def parse_duration(spec: str, now: Optional[float] = None) -> float:
+    """'90s', '15m', '2h', '1d', '1h30m', '1w' or plain seconds -> the epoch time it ends;
+    BadStatus unless it is in the future and within MAX_EXPIRY."""
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?[smhdw]?\s*)+)", spec or "")
+    if not parts:
+        raise BadStatus("bad expiry %r (like 90s, 15m, 2h, 1d, 1h30m)" % spec[:40])
+    seconds = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)([smhdw]?)", parts.group(1)):
+        seconds += float(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400,
+                                    "w": 604800}[unit]
+    if not 0 < seconds <= MAX_EXPIRY:
+        raise BadStatus("expiry must be between 1 second and %d days" % (MAX_EXPIRY // 86400))
+    return (time.time() if now is None else now) + seconds
+
+
 class Store:
     """Where statuses live, and nothing about protocols.  Thread-safe: public methods lock.
 
@@ -308,7 +344,18 @@ class Store:
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
-        self.version = 0
+        self._version = 0
+        self.clock: Callable[[], float] = time.time
+        self.changes: deque = deque(maxlen=CHANGE_LOG)   # (user, Status or None, when)
+
+    @property
+    def version(self) -> int:
+        """Bumped on every change, an expiry included: what caches compare."""
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = value
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         """The user's status, or None for no such user (an invalid name is no such user).
@@ -328,28 +375,49 @@ class Store:
         """Sorted user names."""
         return [user for user, _ in self.items()]
 
-    def set(self, user: str, text: str) -> Status:
-        """Store a status; return it as stored, once it is durable.  Raises BadName,
-        BadStatus, ReadOnlyStore, StoreUnavailable."""
-        status = self._prepare(user, text)
+    def set(self, user: str, text: str, expires_at: float = 0.0) -> Status:
+        """Store a status (until expires_at, when given: then the user's lasting status shows
+        again); return it as stored, once it is durable.  Raises BadName, BadStatus,
+        ReadOnlyStore, StoreUnavailable."""
+        status = self._prepare(user, text, expires_at)
         self._set(user, status)
         return status
 
-    def set_async(self, user: str, text: str, done: Callable[[Optional[FingerdError]], None]
+    def clear(self, user: str) -> None:
+        """Remove the user's statuses, lasting and expiring."""
+        self._prepare_clear(user)
+        self._set(user, None)
+
+    def set_async(self, user: str, text: Optional[str],
+                  done: Callable[[Optional[FingerdError]], None], expires_at: float = 0.0
                   ) -> None:
-        """Store a status without waiting: done(None) once it is durable, done(error) if not.
-        done may run on another thread (the sqlite writer), or before this returns."""
+        """set() (or clear(), when text is None) without waiting: done(None) once it is
+        durable, done(error) if not.  done may run on another thread (the sqlite writer), or
+        before this returns."""
         try:
-            self.set(user, text)
+            if text is None:
+                self.clear(user)
+            else:
+                self.set(user, text, expires_at)
         except FingerdError as e:
             done(e)
             return
         done(None)
 
-    def _prepare(self, user: str, text: str) -> Status:
+    def _prepare(self, user: str, text: str, expires_at: float = 0.0) -> Status:
+        self._prepare_clear(user)
+        now = self.clock()
+        if expires_at and not now < expires_at <= now + MAX_EXPIRY:
+            raise BadStatus("the expiry must be in the future, within %d days"
+                            % (MAX_EXPIRY // 86400))
+        return Status(check_status(user, text), now, (), expires_at)
+
+    def _prepare_clear(self, user: str) -> None:
         if not self.writable:
             raise ReadOnlyStore("the %s backend is read-only" % self.name)
-        return Status(check_status(user, text), time.time())
+        if not valid_name(user):
+            raise BadName("bad user name (1-%d letters, digits, '.', '_', '-'; no leading '-')"
+                          % MAX_NAME)
 
     def refresh(self) -> None:
         """Re-read the source now (SIGHUP); a no-op where there is nothing to re-read."""
@@ -358,7 +426,7 @@ class Store:
         """Release files and threads; pending acknowledged writes are completed first."""
 
     def _changed(self) -> None:
-        self.version += 1
+        self._version += 1
 
     def _get(self, user: str) -> Optional[Status]:
         raise NotImplementedError
@@ -371,26 +439,77 @@ class Store:
 
 
 class DictStore(Store):
-    """A store whose answers come from a dict in memory, so reads never block."""
+    """A store whose answers come from dicts in memory, so reads never block.
+
+    _data holds each user's lasting status, _expiring the statuses that shadow it until they
+    expire; the first expiry ahead is tracked so that `version` moves when it passes."""
 
     def __init__(self) -> None:
         super().__init__()
         self._data: Dict[str, Status] = {}
+        self._expiring: Dict[str, Status] = {}
+        self._next_expiry = 0.0
+
+    @property
+    def version(self) -> int:
+        if self._next_expiry and self.clock() >= self._next_expiry:
+            with self.lock:
+                self._expire()
+        return self._version
+
+    @version.setter
+    def version(self, value: int) -> None:
+        self._version = value
+
+    def _expire(self) -> None:
+        """Forget expired statuses (the lock held); the lasting ones show again."""
+        now = self.clock()
+        gone = [user for user, status in self._expiring.items() if status.expires_at <= now]
+        for user in gone:
+            del self._expiring[user]
+        self._next_expiry = min((s.expires_at for s in self._expiring.values()), default=0.0)
+        if gone:
+            self._changed()
 
     def _get(self, user):
+        status = self._expiring.get(user)
+        if status is not None and status.expires_at > self.clock():
+            return status
         return self._data.get(user)
 
     def _items(self):
-        return self._data.items()
+        now = self.clock()
+        merged = dict(self._data)
+        merged.update((user, status) for user, status in self._expiring.items()
+                      if status.expires_at > now)
+        return merged.items()
 
     def _set(self, user, status):
         with self.lock:
+            self._apply(user, status)
+
+    def _apply(self, user: str, status: Optional[Status]) -> None:
+        """One write, the lock held: None clears both; an expiring status shadows the lasting
+        one; a lasting status replaces it and ends any expiring one."""
+        if status is None:
+            self._data.pop(user, None)
+            self._expiring.pop(user, None)
+        elif status.expires_at:
+            self._expiring[user] = status
+            if not self._next_expiry or status.expires_at < self._next_expiry:
+                self._next_expiry = status.expires_at
+        else:
             self._data[user] = status
-            self._changed()
+            self._expiring.pop(user, None)
+        self.changes.append((user, status, self.clock()))
+        self._changed()
 
     def _replace(self, data: Dict[str, Status]) -> None:
         with self.lock:
             if data != self._data:
+                for user, status in data.items():
+                    if self._data.get(user) != status:
+                        self.changes.append((user, status, status.set_at or self.clock()))
                 self._data = data
                 self._changed()
 
@@ -548,10 +667,14 @@ class FileStore(DictStore):
 
 
 class _Write(NamedTuple):
-    """One setter write waiting for its group commit, and whom to tell when it is done."""
+    """One setter write waiting for its group commit (status None: a clear), and whom to
+    tell when it is done."""
     user: str
-    status: Status
+    status: Optional[Status]
     done: Callable[[Optional[FingerdError]], None]
+
+
+SCHEMA_VERSION = 2
 
 
 class SQLiteStore(DictStore):
@@ -560,7 +683,8 @@ class SQLiteStore(DictStore):
     WAL journal, synchronous=FULL, every write in a BEGIN IMMEDIATE transaction.  set() returns
     only after its COMMIT returned.  One writer thread commits whatever writes are waiting in one
     transaction (group commit), so concurrent setters share an fsync.  Reads come from a copy in
-    memory, updated after each commit: this process is the database's only writer."""
+    memory, updated after each commit: this process is the database's only writer.  A user has
+    up to two rows: slot 0 the lasting status, slot 1 an expiring one."""
 
     name = "sqlite"
     MAX_BATCH = 512
@@ -575,17 +699,51 @@ class SQLiteStore(DictStore):
             if mode.lower() != "wal":
                 log.warning("%s: WAL journal not available here (got %s)", path, mode)
             self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS statuses (user TEXT PRIMARY KEY, status TEXT NOT NULL,"
-                " set_at REAL NOT NULL, expires_at REAL) WITHOUT ROWID")
-            rows = self._db.execute("SELECT user, status, set_at FROM statuses").fetchall()
+            self._migrate()
+            self._db.execute("DELETE FROM statuses WHERE slot = 1 AND expires_at <= ?",
+                             (self.clock(),))
+            rows = self._db.execute(
+                "SELECT user, slot, status, set_at, expires_at FROM statuses").fetchall()
         except sqlite3.Error as e:
             raise StartupError("cannot open database %s: %s" % (path, e))
-        self._data = {user: Status(text, set_at) for user, text, set_at in rows}
+        now = self.clock()
+        for user, slot, text, set_at, expires_at in rows:
+            status = Status(text, set_at, (), expires_at or 0.0)
+            if slot == 0:
+                self._data[user] = status
+            elif status.expires_at > now:
+                self._expiring[user] = status
+        self._next_expiry = min((s.expires_at for s in self._expiring.values()), default=0.0)
+        recent = sorted(((status.set_at, user, status) for user, status in
+                         list(self._data.items()) + list(self._expiring.items())))
+        self.changes.extend((user, status, when) for when, user, status in recent[-CHANGE_LOG:])
         self._queue: "queue.SimpleQueue[Optional[_Write]]" = queue.SimpleQueue()
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer",
                                         daemon=True)
         self._writer.start()
+
+    def _migrate(self) -> None:
+        """Create the schema, or bring an older database to it, in one transaction."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise sqlite3.DatabaseError("made by a newer fingerd (schema %d)" % version)
+        self._db.execute("BEGIN IMMEDIATE")
+        old = self._db.execute("SELECT name FROM sqlite_master WHERE type='table' AND "
+                               "name='statuses'").fetchone()
+        if old:                         # schema 1: one row a user, no slots
+            self._db.execute("ALTER TABLE statuses RENAME TO statuses_v1")
+        self._db.execute(
+            "CREATE TABLE statuses (user TEXT NOT NULL, slot INTEGER NOT NULL, status TEXT NOT "
+            "NULL, set_at REAL NOT NULL, expires_at REAL, PRIMARY KEY (user, slot)) "
+            "WITHOUT ROWID")
+        if old:
+            self._db.execute("INSERT INTO statuses SELECT user, 0, status, set_at, NULL FROM "
+                             "statuses_v1")
+            self._db.execute("DROP TABLE statuses_v1")
+        self._db.execute("PRAGMA user_version=%d" % SCHEMA_VERSION)
+        self._db.execute("COMMIT")
 
     def _set(self, user, status):
         finished = threading.Event()
@@ -600,9 +758,13 @@ class SQLiteStore(DictStore):
         if errors:
             raise errors[0]
 
-    def set_async(self, user, text, done):
+    def set_async(self, user, text, done, expires_at=0.0):
         try:
-            status = self._prepare(user, text)
+            if text is None:
+                self._prepare_clear(user)
+                status = None
+            else:
+                status = self._prepare(user, text, expires_at)
         except FingerdError as e:
             done(e)
             return
@@ -625,18 +787,40 @@ class SQLiteStore(DictStore):
                 batch.append(item)
             self._commit(batch)
 
+    UPSERT = ("INSERT INTO statuses (user, slot, status, set_at, expires_at) VALUES (?, ?, ?, ?, "
+              "?) ON CONFLICT (user, slot) DO UPDATE SET status = excluded.status, set_at = "
+              "excluded.set_at, expires_at = excluded.expires_at")
+
     def _commit(self, batch: List[_Write]) -> None:
-        rows = [(w.user, w.status.text, w.status.set_at) for w in batch]
+        db = self._db
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany(
-                "INSERT INTO statuses (user, status, set_at) VALUES (?, ?, ?) ON CONFLICT (user)"
-                " DO UPDATE SET status = excluded.status, set_at = excluded.set_at", rows)
-            self._db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            if all(w.status is not None and not w.status.expires_at for w in batch):
+                # The common batch: lasting statuses only, in two statements.  A user has a
+                # slot-1 row only while in _expiring (expired ones are purged at load).
+                db.executemany(self.UPSERT, [(w.user, 0, w.status.text, w.status.set_at, None)
+                                             for w in batch])
+                with self.lock:
+                    shadowed = [(w.user,) for w in batch if w.user in self._expiring]
+                if shadowed:
+                    db.executemany("DELETE FROM statuses WHERE user = ? AND slot = 1", shadowed)
+                batch_done = True
+            else:
+                batch_done = False
+            for w in ([] if batch_done else batch):
+                status = w.status
+                if status is None or not status.expires_at:      # a clear or a lasting status
+                    db.execute("DELETE FROM statuses WHERE user = ? AND slot = ?"
+                               if status is not None else "DELETE FROM statuses WHERE user = ?",
+                               (w.user, 1) if status is not None else (w.user,))
+                if status is not None:
+                    db.execute(self.UPSERT, (w.user, 1 if status.expires_at else 0, status.text,
+                                             status.set_at, status.expires_at or None))
+            db.execute("COMMIT")
         except sqlite3.Error as e:
             log.error("database %s: write of %d statuses failed: %s", self.path, len(batch), e)
             try:
-                self._db.execute("ROLLBACK")
+                db.execute("ROLLBACK")
             except sqlite3.Error:
                 pass
             error: Optional[FingerdError] = StoreUnavailable("could not store the status: %s"
@@ -645,8 +829,7 @@ class SQLiteStore(DictStore):
             error = None
             with self.lock:
                 for w in batch:
-                    self._data[w.user] = w.status
-                self._changed()
+                    self._apply(w.user, w.status)
         for w in batch:
             try:
                 w.done(error)
@@ -1170,6 +1353,155 @@ def open_store(args: argparse.Namespace) -> Store:
 
 # -- Serving machinery --------------------------------------------------------------------
 
+class Metrics:
+    """Counters and one latency histogram for /metrics; thread-safe, cheap to bump."""
+
+    BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counters: Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float] = {}
+        self.bucket_counts = [0] * (len(self.BUCKETS) + 1)
+        self.latency_sum = 0.0
+
+    @staticmethod
+    def key(name: str, **labels: str) -> Tuple[str, Tuple[Tuple[str, str], ...]]:
+        """A counter's identity; make it once, then add() to it (the hot paths do)."""
+        return (name, tuple(sorted(labels.items())))
+
+    def add(self, key: Tuple[str, Tuple[Tuple[str, str], ...]], amount: float = 1.0) -> None:
+        with self.lock:
+            self.counters[key] = self.counters.get(key, 0.0) + amount
+
+    def inc(self, name: str, amount: float = 1.0, **labels: str) -> None:
+        self.add(self.key(name, **labels), amount)
+
+    def observe(self, seconds: float) -> None:
+        index = bisect.bisect_left(self.BUCKETS, seconds)
+        with self.lock:
+            self.bucket_counts[index] += 1
+            self.latency_sum += seconds
+
+    def counter(self, name: str, **labels: str) -> float:
+        with self.lock:
+            return self.counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+class MeteredStore:
+    """A store seen through the metrics: every read is timed into the backend latency
+    histogram; everything else passes through to the store itself."""
+
+    def __init__(self, store: Store, metrics: Metrics) -> None:
+        self._store, self._metrics = store, metrics
+
+    def get(self, user: str, verbose: bool = False) -> Optional[Status]:
+        start = time.perf_counter()
+        try:
+            return self._store.get(user, verbose)
+        finally:
+            self._metrics.observe(time.perf_counter() - start)
+
+    def items(self) -> List[Tuple[str, Status]]:
+        start = time.perf_counter()
+        try:
+            return self._store.items()
+        finally:
+            self._metrics.observe(time.perf_counter() - start)
+
+    def users(self) -> List[str]:
+        start = time.perf_counter()
+        try:
+            return self._store.users()
+        finally:
+            self._metrics.observe(time.perf_counter() - start)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+def prometheus_label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class Monitor:
+    """What /healthz and /metrics report: the store, the listeners' loops, the IRC bot and
+    the counters they all bump.  The daemon fills `servers` and `bot`."""
+
+    STALL = 5.0           # a loop that has not turned in this long is stuck
+
+    def __init__(self, metrics: Optional[Metrics] = None) -> None:
+        self.metrics = metrics or Metrics()
+        self.store: Optional[Store] = None
+        self.servers: List["PooledTCPServer"] = []
+        self.bot: Optional["IRCBot"] = None
+
+    def health(self) -> Tuple[bool, str]:
+        """(True, 'ok') when every listener's loop turns and the store answers."""
+        now = time.monotonic()
+        for server in self.servers:
+            if server.loop_stalled(now, self.STALL):
+                return False, "the %s listener is not serving" % server.label
+        try:
+            if self.store is not None:
+                self.store.get("healthz-probe")
+        except Exception as e:            # any failure of the backend is what we report
+            return False, "the %s backend does not answer: %s" % (
+                getattr(self.store, "name", "?"), clean_line(str(e))[:200])
+        return True, "ok"
+
+    def render(self) -> str:
+        """The Prometheus text exposition format, version 0.0.4."""
+        out: List[str] = []
+        metrics = self.metrics
+
+        def family(name, kind, help_text, samples):
+            out.append("# HELP %s %s" % (name, help_text))
+            out.append("# TYPE %s %s" % (name, kind))
+            for labels, value in samples:
+                label_text = ",".join('%s="%s"' % (k, prometheus_label(v)) for k, v in labels)
+                out.append("%s%s %s" % (name, "{%s}" % label_text if label_text else "",
+                                        repr(float(value))))
+
+        def counted(name):
+            with metrics.lock:
+                return sorted((labels, value) for (n, labels), value in metrics.counters.items()
+                              if n == name)
+        backend = getattr(self.store, "name", "none")
+        family("fingerd_info", "gauge", "This fingerd: its version and backend.",
+               [((("backend", backend), ("version", __version__)), 1)])
+        family("fingerd_requests_total", "counter", "Requests answered, by protocol.",
+               counted("fingerd_requests_total"))
+        family("fingerd_refusals_total", "counter",
+               "Connections or requests refused, by listener and reason.",
+               counted("fingerd_refusals_total"))
+        family("fingerd_errors_total", "counter", "Unexpected errors while serving, by kind.",
+               counted("fingerd_errors_total"))
+        family("fingerd_setter_writes_total", "counter", "Setter writes, by result.",
+               counted("fingerd_setter_writes_total"))
+        bot = self.bot
+        family("fingerd_irc_connected", "gauge", "1 while the IRC bot is registered.",
+               [((), 1 if bot is not None and bot.connected.is_set() else 0)])
+        family("fingerd_irc_reconnects_total", "counter", "Registrations after the first.",
+               [((), max(0, bot.connects - 1) if bot is not None else 0)])
+        out.append("# HELP fingerd_backend_seconds Time to read from the backend.")
+        out.append("# TYPE fingerd_backend_seconds histogram")
+        with metrics.lock:
+            counts, total = list(metrics.bucket_counts), metrics.latency_sum
+        running = 0
+        for bound, count in zip(list(metrics.BUCKETS) + ["+Inf"], counts):
+            running += count
+            out.append('fingerd_backend_seconds_bucket{le="%s"} %s' % (bound, float(running)))
+        out.append("fingerd_backend_seconds_sum %r" % float(total))
+        out.append("fingerd_backend_seconds_count %r" % float(running))
+        family("fingerd_open_connections", "gauge", "Connections open, by listener.",
+               [((("listener", s.label),), s.open_connections) for s in self.servers])
+        family("fingerd_worker_threads", "gauge", "Worker threads started, by listener.",
+               [((("listener", s.label),), s.worker_threads) for s in self.servers])
+        family("fingerd_worker_threads_busy", "gauge", "Worker threads busy, by listener.",
+               [((("listener", s.label),), s.workers_busy) for s in self.servers])
+        return "\n".join(out) + "\n"
+
+
 class WorkerPool:
     """A bounded, lazily grown set of named daemon threads that run submitted calls.
 
@@ -1180,6 +1512,8 @@ class WorkerPool:
         self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._threads: List[threading.Thread] = []
+        self._busy_lock = threading.Lock()
+        self.busy = 0
 
     def submit(self, fn, *args) -> None:
         self._queue.put((fn, args))
@@ -1196,10 +1530,15 @@ class WorkerPool:
             if item is None:
                 return
             fn, args = item
+            with self._busy_lock:
+                self.busy += 1
             try:
                 fn(*args)
             except Exception:
                 log.exception("%s worker: unexpected error", self.name)
+            finally:
+                with self._busy_lock:
+                    self.busy -= 1
             self._idle.release()
 
     @property
@@ -1382,9 +1721,13 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
     def __init__(self, server_address: Tuple[str, int], handler_class,
                  bind_and_activate: bool = True, sock: Optional[socket.socket] = None) -> None:
         """Bind server_address, or serve `sock`, a listening socket made elsewhere (systemd)."""
-        host = server_address[0]
-        self.address_family = sock.family if sock is not None else (
-            socket.AF_INET6 if ":" in host else socket.AF_INET)
+        if sock is not None:
+            self.address_family = sock.family
+        elif isinstance(server_address, str):
+            self.address_family = socket.AF_UNIX
+        else:
+            self.address_family = socket.AF_INET6 if ":" in server_address[0] \
+                else socket.AF_INET
         self._conns: Dict[int, Connection] = {}
         self._completed: deque = deque()
         self._wake_pending = False
@@ -1397,6 +1740,8 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
         self._stopped.set()
         self._epoll = select.epoll()
         self.limiter = ClientLimiter()
+        self.metrics = Metrics()          # the daemon gives every listener the same one
+        self.last_turn = time.monotonic()
         if sock is not None:
             socketserver.BaseServer.__init__(self, server_address, handler_class)
             self.socket = sock
@@ -1416,8 +1761,10 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
 
     @property
     def address(self) -> str:
-        host, port = self.socket.getsockname()[:2]
-        return format_address(host, port)
+        name = self.socket.getsockname()
+        if isinstance(name, (str, bytes)):
+            return os.fsdecode(name)
+        return format_address(name[0], name[1])
 
     @property
     def port(self) -> int:
@@ -1431,9 +1778,21 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
     def worker_threads(self) -> int:
         return self._pool.threads
 
+    @property
+    def workers_busy(self) -> int:
+        return self._pool.busy
+
+    def loop_stalled(self, now: float, limit: float) -> bool:
+        """True when serve_forever is not running, or has not turned for `limit` seconds."""
+        return self._stopped.is_set() or now - self.last_turn > limit
+
     def handle_error(self, request, client_address) -> None:
         """One request's failure is logged (not printed to stderr) and never stops the server."""
-        log.exception("%s: error while serving %s", self.label, client_address)
+        self.metrics.inc("fingerd_errors_total", kind=self.label)
+        log.exception("%s: error while serving %s", self.label, describe_peer(client_address))
+
+    def refused(self, reason: str) -> None:
+        self.metrics.inc("fingerd_refusals_total", listener=self.label, reason=reason)
 
     # The loop ---------------------------------------------------------------------------
 
@@ -1457,7 +1816,7 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
                 if drain_end is not None and (not conns or time.monotonic() >= drain_end):
                     break
                 events = ep.poll(sweep_every)
-                now = time.monotonic()
+                now = self.last_turn = time.monotonic()
                 for fd, ev in events:
                     if fd == listen_fd:
                         self._accept(now)
@@ -1506,14 +1865,17 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
             sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             conn = Connection(sock, peer, now + self.deadline)
             if len(conns) >= self.max_connections:
+                self.refused("busy")
                 self._refuse_now(conn, "busy")
                 continue
             limited = self.limiter.admit(peer)
             if limited:
+                self.refused(limited)
                 self._refuse_now(conn, limited)
                 continue
             conns[conn.fd] = conn
             if not self.verify_request(sock, peer):
+                self.refused("denied")
                 self._reply(conn, self.RequestHandlerClass.refusal("denied"), "linger", now)
             else:
                 self._read(conn, now)    # the request often came with the handshake
@@ -1552,6 +1914,7 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
             length = handler.request_length(conn.inbuf, conn.eof)
         except RequestTooLarge as e:
             conn.inbuf = b""
+            self.refused(str(e) or "too-long")
             self._reply(conn, handler.refusal(str(e) or "too-long"), "linger", now)
             return True
         if length is None:
@@ -1706,6 +2069,7 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
             if conn.state == Connection.READING:
                 if conn.inbuf or conn.after_write != "keep":
                     conn.inbuf = b""
+                    self.refused("timeout")
                     self._reply(conn, self.RequestHandlerClass.refusal("timeout"), "close", now)
                 else:
                     self._close(conn)                  # an idle keep-alive connection
@@ -1775,6 +2139,8 @@ def user_block(name: str, status: Optional[Status], verbose: bool, several: bool
             head.extend("  " + line for line in text_lines[1:])
         if status.set_at:
             head.append("Set: %s" % format_time(status.set_at, now))
+        if status.expires_at:
+            head.append("Expires: %s" % format_time(status.expires_at, now))
         return head + lines
     if several:
         return ["%s: %s" % (name, lines[0])] + ["  " + line for line in lines[1:]]
@@ -1818,6 +2184,13 @@ def answer_finger(store: Store, line: str, allow_list: bool = True) -> bytes:
         return (UNAVAILABLE + "\r\n").encode()
 
 
+FINGER_REQUEST = Metrics.key("fingerd_requests_total", protocol="finger")
+HTTP_REQUEST = Metrics.key("fingerd_requests_total", protocol="http")
+RPC_REQUEST = Metrics.key("fingerd_requests_total", protocol="xmlrpc")
+WRITE_OK = Metrics.key("fingerd_setter_writes_total", result="ok")
+WRITE_ERROR = Metrics.key("fingerd_setter_writes_total", result="error")
+
+
 class FingerHandler(BufferedRequestHandler):
     """Answers one finger query line, then the connection closes (RFC 1288 §2.1)."""
 
@@ -1843,8 +2216,9 @@ class FingerHandler(BufferedRequestHandler):
     def handle(self) -> None:
         line = decode_peer(self.rfile.read())
         if self.server.log_queries:        # RFC 1288 §3.2.7: only when the admin asks
-            log.info("finger query from %s: %r", format_address(*self.client_address[:2]),
+            log.info("finger query from %s: %r", describe_peer(self.client_address),
                      line.strip())
+        self.server.metrics.add(FINGER_REQUEST)
         self.wfile.write(self.server.answer(line))
 
 
@@ -1874,20 +2248,57 @@ class FingerServer(PooledTCPServer):
 
 # -- Setter -------------------------------------------------------------------------------
 
-def parse_setter_request(data: bytes) -> Tuple[str, str]:
-    """'user\\nstatus line(s)\\n' -> (user, status text); raises BadName or BadStatus."""
+class SetterRequest(NamedTuple):
+    """A parsed setter request: whose status, the text (None: clear it), its expiry."""
+    user: str
+    text: Optional[str]
+    expires_at: float = 0.0
+
+
+BAD_NAME = "bad user name (1-%d letters, digits, '.', '_', '-'; no leading '-')" % MAX_NAME
+
+
+def parse_setter_request(data: bytes, caller: Optional[str] = None,
+                         is_user_line: Callable[[str], bool] = lambda line: True
+                         ) -> SetterRequest:
+    """'user\\n[expires: 2h\\n]status line(s)\\n' -> SetterRequest.
+
+    The user line is required unless `caller` is given (the Unix setter): then the first line
+    names a user only when is_user_line(it) says so, else the status is the caller's.  After
+    it, header lines: 'expires: DURATION' sets an expiry, 'clear: yes' (and no status) clears
+    the user's status; clearing is never implied, so a garbled request wipes nothing.
+    Raises BadName or BadStatus."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise BadStatus("not UTF-8 text")
-    user, _, status = text.replace("\r\n", "\n").partition("\n")
-    user = user.strip()
+    lines = text.replace("\r\n", "\n").split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if caller is not None and not (lines and is_user_line(lines[0].strip())):
+        user = caller
+    else:
+        user = lines.pop(0).strip() if lines else ""
     if not valid_name(user):
-        raise BadName("bad user name (1-%d letters, digits, '.', '_', '-'; no leading '-')"
-                      % MAX_NAME)
-    if status.count("\n") > MAX_STATUS_LINES:
+        raise BadName(BAD_NAME)
+    expires_at, clear = 0.0, False
+    while lines and lines[0].split(":", 1)[0].strip().lower() in ("expires", "clear") \
+            and ":" in lines[0]:
+        key, _, value = lines.pop(0).partition(":")
+        if key.strip().lower() == "expires":
+            expires_at = parse_duration(value.strip())
+        else:
+            clear = value.strip().lower() in ("yes", "true", "1")
+    if len(lines) > MAX_STATUS_LINES:
         raise BadStatus("status has too many lines (at most %d)" % MAX_STATUS_LINES)
-    return user, status
+    status = "\n".join(lines)
+    if clear:
+        if status.strip() or expires_at:
+            raise BadStatus("'clear: yes' takes no status and no expiry")
+        return SetterRequest(user, None)
+    if not status.strip():
+        raise BadStatus("empty status (to clear it, send a 'clear: yes' line)")
+    return SetterRequest(user, status, expires_at)
 
 
 class SetterHandler(BufferedRequestHandler):
@@ -1913,14 +2324,17 @@ class SetterHandler(BufferedRequestHandler):
 
     def handle(self) -> None:
         try:
-            user, text = parse_setter_request(self.rfile.read())
+            request = self.parse(self.rfile.read())
         except FingerdError as e:
             self.wfile.write(self.server.outcome(user="?", peer=self.client_address, error=e))
             return
         conn, server, peer = self.request, self.server, self.client_address
         self.after = "pending"       # answered once the write is durable
-        server.store.set_async(user, text, lambda error: server.complete(
-            conn, server.outcome(user, peer, error)))
+        server.store.set_async(request.user, request.text, lambda error: server.complete(
+            conn, server.outcome(request.user, peer, error)), request.expires_at)
+
+    def parse(self, data: bytes) -> SetterRequest:
+        return parse_setter_request(data)
 
 
 class SetterServer(PooledTCPServer):
@@ -1937,12 +2351,13 @@ class SetterServer(PooledTCPServer):
 
     def outcome(self, user: str, peer, error: Optional[FingerdError]) -> bytes:
         """The setter's one-line answer for a finished write, logged."""
+        self.metrics.add(WRITE_OK if error is None else WRITE_ERROR)
         if error is None:
             level = logging.INFO if self.log_queries else logging.DEBUG
             if log.isEnabledFor(level):
-                log.log(level, "setter: %s set from %s", user, format_address(*peer[:2]))
+                log.log(level, "setter: %s set from %s", user, describe_peer(peer))
             return b"OK\r\n"
-        log.info("setter: refused a write for %r from %s: %s", user, format_address(*peer[:2]),
+        log.info("setter: refused a write for %r from %s: %s", user, describe_peer(peer),
                  error)
         return b"ERROR " + str(error).encode("utf-8") + b"\r\n"
 
@@ -1956,6 +2371,87 @@ class SetterServer(PooledTCPServer):
         if getattr(addr, "ipv4_mapped", None):
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.allow)
+
+
+def peer_credentials(sock: socket.socket) -> Tuple[int, int, int]:
+    """(pid, uid, gid) of the process at the other end of a Unix socket (SO_PEERCRED)."""
+    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", creds)
+
+
+def account_name(uid: int) -> Optional[str]:
+    import pwd
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def account_exists(name: str) -> bool:
+    import pwd
+    try:
+        pwd.getpwnam(name)
+        return True
+    except (KeyError, ValueError):
+        return False
+
+
+class UnixSetterHandler(SetterHandler):
+    """The setter on a Unix socket: the kernel says who is calling (SO_PEERCRED), and a user
+    may set only their own status; root may set anyone's.  The user line is optional: the
+    first line names a user only when it is the caller's own name, or (for root) an account."""
+
+    def parse(self, data: bytes) -> SetterRequest:
+        _, uid, _ = peer_credentials(self.connection)
+        caller = self.server.name_of(uid)
+        self.client_address = "uid %d (%s)" % (uid, caller or "no account")
+        if caller is None:
+            raise BadName("uid %d has no account name" % uid)
+        if uid == 0:
+            request = parse_setter_request(data, caller, lambda line: valid_name(line) and (
+                line == caller or self.server.account_exists(line)))
+        else:
+            def is_user_line(line: str) -> bool:
+                if line != caller and valid_name(line) and self.server.account_exists(line):
+                    raise BadName("%s may only set their own status" % caller)
+                return line == caller
+            request = parse_setter_request(data, caller, is_user_line)
+        return request
+
+
+class UnixSetterServer(SetterServer):
+    """--setter-socket: the setter on a Unix stream socket, mode 0666 so every local user
+    can reach it; who they are comes from the kernel, not from the network."""
+
+    label = "setter-socket"
+    name_of = staticmethod(account_name)            # uid -> login name (a seam for tests)
+    account_exists = staticmethod(account_exists)
+
+    def __init__(self, path: str, store: Store, sock: Optional[socket.socket] = None) -> None:
+        PooledTCPServer.__init__(self, path, UnixSetterHandler, sock=sock)
+        self.store = store
+        self.allow = []
+        self.inline = not store.blocking
+
+    def server_bind(self) -> None:
+        path = self.server_address
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)                  # left by a previous run
+        except FileNotFoundError:
+            pass
+        self.socket.bind(path)
+        os.chmod(path, 0o666)
+        self.server_address = path
+
+    def server_close(self) -> None:
+        path = self.server_address
+        super().server_close()
+        try:
+            if isinstance(path, str) and stat.S_ISSOCK(os.lstat(path).st_mode):
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 # -- Web pages and XML-RPC ----------------------------------------------------------------
@@ -2007,7 +2503,9 @@ def html_page(title: str, body: str) -> str:
     """A complete HTML5 document; title and body must already be escaped."""
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            "<title>%s</title>\n<style>%s</style>\n</head>\n<body>\n<main>\n%s\n"
+            "<title>%s</title>\n<style>%s</style>\n"
+            '<link rel="alternate" type="application/atom+xml" title="Status changes" '
+            'href="/feed.atom">\n</head>\n<body>\n<main>\n%s\n'
             '<footer>fingerd %s &middot; also by <code>finger</code> and XML-RPC at '
             "<code>/RPC2</code></footer>\n</main>\n</body>\n</html>\n"
             % (title, PAGE_STYLE, body, __version__))
@@ -2043,6 +2541,10 @@ def render_user(name: str, status: Status) -> str:
     when = ('<p class="meta">Set <time datetime="%s">%s</time></p>\n'
             % (iso_time(status.set_at), html.escape(format_time(status.set_at).split(" (")[0]))
             if status.set_at else "")
+    if status.expires_at:
+        when += ('<p class="meta">Until <time datetime="%s">%s</time></p>\n'
+                 % (iso_time(status.expires_at),
+                    html.escape(format_time(status.expires_at).split(" (")[0])))
     details = "".join("<dt>%s</dt><dd>%s</dd>" % (html.escape(clean_line(label)),
                                                  status_html(text))
                       for label, text in status.details)
@@ -2057,6 +2559,61 @@ def render_error(code: int, reason: str, detail: str) -> str:
     return html_page("%d %s" % (code, html.escape(reason)),
                      "<h1>%s</h1>\n<p>%s</p>\n<p><a href=\"/\">All users</a></p>"
                      % (html.escape(reason), detail))
+
+
+def status_json(name: str, status: Status, base: str = "") -> Dict[str, object]:
+    """One user in the documented JSON shape (README: JSON)."""
+    lines = [clean_line(line) for line in status.text.split("\n")]
+    return {"name": name, "status": "\n".join(lines), "lines": lines,
+            "set_at": iso_time(status.set_at) if status.set_at else None,
+            "expires_at": iso_time(status.expires_at) if status.expires_at else None,
+            "url": base + "/" + urllib.parse.quote(name, safe="")}
+
+
+def render_json(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, indent=1) + "\n"
+
+
+def render_webfinger(name: str, host: str, base: str) -> str:
+    """An RFC 7033 JRD for acct:NAME@HOST, linking the user's page."""
+    page = base + "/" + urllib.parse.quote(name, safe="")
+    return render_json({
+        "subject": "acct:%s@%s" % (name, host),
+        "aliases": [page],
+        "links": [
+            {"rel": "http://webfinger.net/rel/profile-page", "type": "text/html", "href": page},
+            {"rel": "describedby", "type": "application/json", "href": page + ".json"},
+            {"rel": "alternate", "type": "application/atom+xml", "href": base + "/feed.atom"}]})
+
+
+def xml_text(text: str) -> str:
+    """Text for XML 1.0: filtered (no control characters, which XML forbids), escaped."""
+    return html.escape("\n".join(clean_line(line) for line in text.split("\n")), quote=True)
+
+
+def render_feed(changes: Sequence[Tuple[str, Optional[Status], float]], base: str,
+                host: str) -> str:
+    """An Atom (RFC 4287) feed of recent status changes, newest first."""
+    updated = max((when for _, _, when in changes), default=0.0)
+    entries = []
+    for name, status, when in reversed(changes):
+        title = ("%s: %s" % (name, status.text.split("\n")[0]) if status is not None
+                 else "%s cleared their status" % name)
+        content = status.text if status is not None else ""
+        page = base + "/" + urllib.parse.quote(name, safe="")
+        entries.append(
+            "<entry><title>%s</title><id>tag:%s,2026:%s/%s</id><updated>%s</updated>"
+            "<author><name>%s</name></author><link href=\"%s\"/>"
+            "<content type=\"text\">%s</content></entry>"
+            % (xml_text(title), xml_text(host), xml_text(name), "%.6f" % when,
+               iso_time(when), xml_text(name), xml_text(page), xml_text(content)))
+    return ('<?xml version="1.0" encoding="utf-8"?>\n'
+            '<feed xmlns="http://www.w3.org/2005/Atom"><title>fingerd: status changes</title>'
+            '<id>tag:%s,2026:fingerd</id><updated>%s</updated>'
+            '<link rel="self" href="%s/feed.atom"/><link href="%s/"/>'
+            "<generator>fingerd %s</generator>%s</feed>\n"
+            % (xml_text(host), iso_time(updated), xml_text(base), xml_text(base),
+               __version__, "".join(entries)))
 
 
 class Page(NamedTuple):
@@ -2188,7 +2745,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     def handle(self) -> None:
         self.close_connection = True
-        self.command = ""
+        self.command = self.path = self.requestline = ""
         self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 3)
         while self.raw_requestline in (b"\r\n", b"\n"):
             self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 3)
@@ -2246,6 +2803,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     def send(self, data: bytes, code: int) -> None:
         self.wfile.write(data)
+        self.server.metrics.add(RPC_REQUEST if self.path == "/RPC2" else HTTP_REQUEST)
         self.log_request(code, len(data))
 
     def fail(self, code: int, detail: str = "", close: bool = False, extra: str = "") -> bool:
@@ -2262,11 +2820,11 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     def log_request(self, code="-", size="-"):
         level = logging.INFO if self.server.log_queries else logging.DEBUG
         if log.isEnabledFor(level):
-            log.log(level, "http %s %r %s %s", format_address(*self.client_address[:2]),
+            log.log(level, "http %s %r %s %s", describe_peer(self.client_address),
                     self.requestline[:200], code, size)
 
     def log_message(self, format, *args):
-        log.info("http %s: %s", format_address(*self.client_address[:2]), format % args)
+        log.info("http %s: %s", describe_peer(self.client_address), format % args)
 
     def send_page(self, page: Page) -> None:
         """200 with validators, or 304 when the client's copy is current."""
@@ -2319,11 +2877,69 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
                 else 501
             self.fail(code, "This page takes GET and HEAD.", extra="Allow: GET, HEAD\r\n")
             return
-        page = self.server.page(path)
+        if path == "/healthz":
+            ok, reason = self.server.monitor.health()
+            code = 200 if ok else 503
+            self.send(self.response_bytes(code, (reason + "\n").encode(),
+                                          "text/plain; charset=utf-8", self.close_connection,
+                                          self.command == "HEAD",
+                                          "Cache-Control: no-store\r\n"), code)
+            return
+        if path == "/metrics":
+            self.send(self.response_bytes(200, self.server.monitor.render().encode(),
+                                          "text/plain; version=0.0.4; charset=utf-8",
+                                          self.close_connection, self.command == "HEAD",
+                                          "Cache-Control: no-store\r\n"), 200)
+            return
+        if path == "/.well-known/webfinger":
+            self.webfinger()
+            return
+        page = self.server.page(path, self.base_url())
         if page is None:
-            self.fail(404)
+            if path.endswith(".json"):
+                body = render_json({"error": NO_SUCH_USER}).encode()
+                self.send(self.response_bytes(404, body, "application/json; charset=utf-8",
+                                              self.close_connection, self.command == "HEAD",
+                                              "Cache-Control: no-store\r\n"), 404)
+            else:
+                self.fail(404)
         else:
             self.send_page(page)
+
+    def host(self) -> str:
+        """The Host the client asked for, if it is a sane one, else this server's address."""
+        host = (self.headers.get("Host") or "").strip()
+        if not host or len(host) > 255 or not re.fullmatch(r"[A-Za-z0-9.\-_:\[\]]+", host):
+            host = self.server.address
+        return host
+
+    def base_url(self) -> str:
+        return "http://" + self.host()
+
+    def webfinger(self) -> None:
+        """RFC 7033: ?resource=acct:USER@HOST (rel= filters the links)."""
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
+                                      keep_blank_values=True, max_num_fields=20)
+        resources = query.get("resource", [])
+        cors = "Access-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\n"
+        if len(resources) != 1 or not resources[0]:
+            self.fail(400, "webfinger needs one resource parameter, like acct:alice@host.",
+                      extra=cors)
+            return
+        resource = resources[0]
+        name = resource[5:].rpartition("@")[0] if resource.startswith("acct:") else ""
+        status = self.server.store.get(name) if valid_name(name) else None
+        if status is None:
+            self.fail(404, "No such account here.", extra=cors)
+            return
+        host = resource.rpartition("@")[2]
+        document = json.loads(render_webfinger(name, host, self.base_url()))
+        rels = query.get("rel")
+        if rels:
+            document["links"] = [link for link in document["links"] if link["rel"] in rels]
+        body = render_json(document).encode("utf-8")
+        self.send(self.response_bytes(200, body, "application/jrd+json", self.close_connection,
+                                      self.command == "HEAD", cors), 200)
 
     def xmlrpc(self) -> None:
         headers = self.headers
@@ -2379,7 +2995,10 @@ class WebServer(PooledTCPServer):
         self.store = store
         self.inline = not store.blocking
         self._rpc = None
-        self._pages: Dict[str, Tuple[int, Page]] = {}
+        self.monitor = Monitor(self.metrics)      # the daemon replaces it with its own
+        self.monitor.store = store
+        self.monitor.servers = [self]
+        self._pages: Dict[Tuple[str, str], Tuple[int, Page]] = {}
         self._pages_lock = threading.Lock()
 
     def rpc(self):
@@ -2390,30 +3009,48 @@ class WebServer(PooledTCPServer):
                     self._rpc = rpc_dispatcher(lambda: self.store)
         return self._rpc
 
-    def page(self, path: str) -> Optional[Page]:
+    def page(self, path: str, base: str = "") -> Optional[Page]:
         """The page for a decoded path, from the cache while the store is unchanged."""
         store = self.store
         version = store.version
-        cached = self._pages.get(path)
+        key = (path, base)
+        cached = self._pages.get(key)
         if cached is not None and cached[0] == version and not store.blocking:
             return cached[1]
-        page = self.render(path)
+        page = self.render(path, base)
         if page is not None and not store.blocking:
             with self._pages_lock:
                 if len(self._pages) >= self.max_cached_pages:
                     self._pages.clear()
-                self._pages[path] = (version, page)
+                self._pages[key] = (version, page)
         return page
 
-    def render(self, path: str) -> Optional[Page]:
-        if path == "/":
+    def render(self, path: str, base: str = "") -> Optional[Page]:
+        """Every cacheable resource: the pages, their JSON, the feed."""
+        if path in ("/", "/users.json"):
             items = self.store.items()
             newest = max((status.set_at for _, status in items), default=0.0)
-            return make_page(render_user_list(items), newest)
-        name = path[1:]
+            if path == "/":
+                return make_page(render_user_list(items), newest)
+            return make_page(render_json({"count": len(items), "users": [
+                status_json(name, status, base) for name, status in items]}), newest,
+                "application/json; charset=utf-8")
+        if path == "/feed.atom":
+            changes = list(getattr(self.store, "changes", ()))
+            host = base.partition("://")[2] or "localhost"
+            host = host[1:].partition("]")[0] if host.startswith("[") else host.split(":")[0]
+            return make_page(render_feed(changes, base, host),
+                             max((when for _, _, when in changes), default=0.0),
+                             "application/atom+xml; charset=utf-8")
+        name, as_json = path[1:], False
+        if name.endswith(".json"):
+            name, as_json = name[:-5], True
         status = self.store.get(name, verbose=True) if valid_name(name) else None
         if status is None:
             return None
+        if as_json:
+            return make_page(render_json(status_json(name, status, base)), status.set_at,
+                             "application/json; charset=utf-8")
         return make_page(render_user(name, status), status.set_at)
 
 
@@ -2582,6 +3219,7 @@ class IRCBot:
         self.send_rate, self.send_burst = send_rate, send_burst
         self.connected = threading.Event()      # registered (001 seen) right now
         self.connects = 0                       # successful registrations so far
+        self.metrics: Optional[Metrics] = None  # the daemon's, for /metrics
         self._sock = None
         self._send_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
@@ -2770,6 +3408,8 @@ class IRCBot:
             self._answer(target, words[1])
 
     def _answer(self, to: str, user: str) -> None:
+        if self.metrics is not None:
+            self.metrics.inc("fingerd_requests_total", protocol="irc")
         for line in irc_status_lines(user, self.store.get(user)):
             self._say("PRIVMSG", to, line)
 
@@ -3077,6 +3717,7 @@ class Daemon:
         self.servers: List[PooledTCPServer] = []
         self.threads: List[threading.Thread] = []
         self.bot: Optional[IRCBot] = None
+        self.monitor = Monitor()
 
     def start(self) -> None:
         args = self.args
@@ -3098,6 +3739,14 @@ class Daemon:
                 if endpoint or label in adopted:
                     self.servers.append(bind_server(label, endpoint, factory,
                                                     adopted.pop(label, None)))
+            if args.setter_socket and args.setter_socket != "off":
+                try:
+                    server = UnixSetterServer(args.setter_socket, placeholder)
+                except OSError as e:
+                    raise StartupError("cannot listen on %s: %s"
+                                       % (args.setter_socket, e.strerror or e))
+                log.info("setter-socket listening on %s", server.address)
+                self.servers.append(server)
             if args.user:
                 drop_privileges(args.user)
             elif os.geteuid() == 0:
@@ -3111,10 +3760,17 @@ class Daemon:
         except FingerdError:
             self.close()
             raise
+        raw_store = self.store
+        self.store = MeteredStore(raw_store, self.monitor.metrics)
+        self.monitor.store = self.store
+        self.monitor.servers = self.servers
         for server in self.servers:
             server.store = self.store
-            server.inline = not self.store.blocking
+            server.inline = not raw_store.blocking
             server.log_queries = args.log_queries
+            server.metrics = self.monitor.metrics
+            if isinstance(server, WebServer):
+                server.monitor = self.monitor
             server.limiter = ClientLimiter(args.max_conns_per_ip, args.rate,
                                            args.limit_loopback)
             thread = threading.Thread(target=server.serve_forever, args=(0.25,),
@@ -3125,13 +3781,16 @@ class Daemon:
             self.bot = IRCBot(self.store, *args.irc, nick=args.irc_nick,
                               channels=args.irc_channel, tls=args.irc_tls,
                               password=args.irc_secret, sasl=args.irc_sasl)
+            self.bot.metrics = self.monitor.metrics
+            self.monitor.bot = self.bot
             self.bot.start()
         log.info("fingerd %s serving with the %s backend", __version__, self.store.name)
 
     @property
     def healthy(self) -> bool:
-        """Every serving thread still runs (what the watchdog vouches for)."""
-        return all(thread.is_alive() for thread in self.threads)
+        """Every listener's loop still turns (what the watchdog vouches for)."""
+        now = time.monotonic()
+        return all(not server.loop_stalled(now, Monitor.STALL) for server in self.servers)
 
     def status_line(self) -> str:
         return "serving %s with the %s backend" % (
@@ -3222,6 +3881,8 @@ examples:
   python3 -c "import xmlrpc.client as x; print(x.ServerProxy('http://localhost:8000/RPC2').getUser('alice'))"
   fingerd --backend file --users-file /etc/users --no-list   the admin's file, no list
   sudo fingerd --backend pwd --user fingerd                 ~/.plan files, on port 79
+  fingerd --set "At lunch" --expires 1h                      your own status, as yourself
+  curl localhost:8000/alice.json; curl localhost:8000/metrics      JSON, Prometheus
   fingerd @/etc/fingerd.conf                                 arguments from a file
   printf 'alice\\r\\n' | fingerd --inetd --backend pwd       one query (inetd)
 
@@ -3298,6 +3959,10 @@ def build_parser() -> argparse.ArgumentParser:
                      default=parse_endpoint(DEFAULT_HTTP),
                      help="web pages (GET /, GET /USER) and XML-RPC at /RPC2: getUser(user), "
                           "getUsers(), system.* (default: %s)" % DEFAULT_HTTP)
+    net.add_argument("--setter-socket", metavar="PATH|off",
+                     help="the setter on a Unix socket (mode 0666) where every local user may "
+                          "set their own status, identified by the kernel (SO_PEERCRED); root "
+                          "may set anyone's (default: off; systemd: %s)" % DEFAULT_SETTER_SOCKET)
     net.add_argument("--setter-allow", metavar="CIDR", type=network_arg, action="append",
                      default=[],
                      help="only these addresses or networks may use the setter (repeatable; "
@@ -3331,6 +3996,14 @@ def build_parser() -> argparse.ArgumentParser:
                           "default: $FINGERD_IRC_PASSWORD, never a command-line argument")
     irc.add_argument("--irc-sasl", action="store_true",
                      help="log in with SASL PLAIN as the nick, using the password")
+    client = parser.add_argument_group(
+        "client", "set your own status through the server's --setter-socket, then exit")
+    client.add_argument("--set", metavar="TEXT",
+                        help="set your status to TEXT ('-': read it from standard input)")
+    client.add_argument("--clear", action="store_true", help="clear your status")
+    client.add_argument("--expires", metavar="DURATION",
+                        help="with --set: the status lasts this long (90s, 15m, 2h, 1d, 1h30m), "
+                             "then your previous status shows again")
     daemon = parser.add_argument_group("daemon")
     daemon.add_argument("--user", metavar="NAME",
                         help="started as root: bind the listeners, then become NAME (and its "
@@ -3366,9 +4039,50 @@ def run_inetd(args: argparse.Namespace) -> int:
         store.close()
 
 
+def run_client(args: argparse.Namespace) -> int:
+    """--set / --clear: talk to the server's setter socket as the calling user, print its
+    answer; 0 for OK, 1 otherwise."""
+    name = account_name(os.getuid())
+    if name is None or not valid_name(name):
+        print("fingerd: your account (uid %d) has no name fingerd can use" % os.getuid(),
+              file=sys.stderr)
+        return 1
+    lines = [name]
+    if args.clear:
+        lines.append("clear: yes")
+    if args.expires:
+        lines.append("expires: " + args.expires)
+    if args.set is not None:
+        text = sys.stdin.read(MAX_SETTER_REQUEST + 1) if args.set == "-" else args.set
+        lines.append(text.rstrip("\n"))
+    path = args.setter_socket if args.setter_socket not in (None, "off") else \
+        os.environ.get("FINGERD_SETTER_SOCKET", DEFAULT_SETTER_SOCKET)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(CONNECTION_DEADLINE)
+            sock.connect(path)
+            sock.sendall(("\n".join(lines) + "\n").encode("utf-8"))
+            sock.shutdown(socket.SHUT_WR)
+            answer = b"".join(iter(lambda: sock.recv(4096), b""))[:4096]
+    except OSError as e:
+        print("fingerd: cannot reach the setter socket %s: %s (is fingerd running with "
+              "--setter-socket?)" % (path, e.strerror or e), file=sys.stderr)
+        return 1
+    text = clean_line(decode_peer(answer).strip())
+    print(text if text else "fingerd: no answer from the server",
+          file=sys.stdout if text == "OK" else sys.stderr)
+    return 0 if text == "OK" else 1
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.set is not None and args.clear:
+        parser.error("--set and --clear exclude each other")
+    if args.expires and args.set is None:
+        parser.error("--expires goes with --set")
+    if args.set is not None or args.clear:
+        return run_client(args)
     try:
         args.irc = parse_irc_server(args.irc, args.irc_tls)
     except ValueError as e:

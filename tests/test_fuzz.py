@@ -109,11 +109,14 @@ class FuzzTest(unittest.TestCase):
                 if fingerd.SetterHandler.request_length(data, True) is None:
                     continue
                 handled += 1
-                user, text = fingerd.parse_setter_request(data)
-                stored = data_store.set(user, text)
+                request = fingerd.parse_setter_request(data)
+                if request.text is None:
+                    data_store.clear(request.user)
+                    continue
+                stored = data_store.set(request.user, request.text, request.expires_at)
             except (fingerd.BadName, fingerd.BadStatus, fingerd.RequestTooLarge):
                 continue
-            self.assertTrue(fingerd.valid_name(user))
+            self.assertTrue(fingerd.valid_name(request.user))
             self.assertIsNone(UNSAFE.search(stored.text.replace("\n", "")), data)
             self.assertLessEqual(len(stored.text.encode()), fingerd.MAX_STATUS_BYTES)
         self.report("setter", count, handled)

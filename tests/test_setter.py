@@ -15,14 +15,23 @@ from support import (Daemon, connect, fingerd, query, read_all, serve, set_statu
 class SetterParseTest(unittest.TestCase):
     def test_user_and_status(self):
         self.assertEqual(fingerd.parse_setter_request(b"alice\nGone fishing\n"),
-                         ("alice", "Gone fishing\n"))
+                         ("alice", "Gone fishing", 0.0))
         self.assertEqual(fingerd.parse_setter_request(b" alice \r\none\r\ntwo"),
-                         ("alice", "one\ntwo"))
+                         ("alice", "one\ntwo", 0.0))
+        self.assertEqual(fingerd.parse_setter_request(b"alice\nclear: yes\n"),
+                         ("alice", None, 0.0))
+        request = fingerd.parse_setter_request(b"alice\nExpires: 2h\nAt lunch\n")
+        self.assertEqual(request.text, "At lunch")
+        self.assertAlmostEqual(request.expires_at, time.time() + 7200, delta=5)
 
     def test_refusals(self):
         for data, error in [(b"-l\nx\n", fingerd.BadName), (b"\nx\n", fingerd.BadName),
                             (b"a/b\nx\n", fingerd.BadName), (b"\xff\nx\n", fingerd.BadStatus),
-                            (b"alice\n" + b"x\n" * 102, fingerd.BadStatus)]:
+                            (b"alice\n" + b"x\n" * 102, fingerd.BadStatus),
+                            (b"alice\n", fingerd.BadStatus), (b"alice", fingerd.BadStatus),
+                            (b"alice\nexpires: soon\nx\n", fingerd.BadStatus),
+                            (b"alice\nexpires: 400d\nx\n", fingerd.BadStatus),
+                            (b"alice\nclear: yes\nstill a status\n", fingerd.BadStatus)]:
             with self.assertRaises(error, msg=data[:20]):
                 fingerd.parse_setter_request(data)
 

@@ -197,7 +197,7 @@ class HeadersAndCachingTest(WebTestCase):
     def test_pages_render_once_per_store_change(self):
         renders = []
         real = self.server.render
-        self.server.render = lambda path: renders.append(path) or real(path)
+        self.server.render = lambda path, base="": renders.append(path) or real(path, base)
         for _ in range(5):
             self.get("/")
             self.get("/alice")
