@@ -12,7 +12,7 @@ import unittest
 import xmlrpc.client
 
 from support import Daemon, fingerd, query, serve, temp_dir, write_file
-from test_store import SEED, StoreContract
+from test_store import StoreContract
 
 Status = fingerd.Status
 

@@ -2,7 +2,6 @@
 import ipaddress
 import os
 import signal
-import socket
 import sqlite3
 import threading
 import time
