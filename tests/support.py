@@ -102,13 +102,28 @@ def set_status(port: int, user: str, status: str) -> bytes:
     return query(port, ("%s\n%s\n" % (user, status)).encode("utf-8"), half_close=True)
 
 
-def thread_count() -> int:
-    """Threads of this process as the kernel counts them (/proc/self/status)."""
-    with open("/proc/self/status") as f:
+def proc_value(pid, field: str) -> int:
+    """A number from /proc/PID/status (VmRSS in kB, Threads, ...); 0 when absent."""
+    with open("/proc/%s/status" % pid) as f:
         for line in f:
-            if line.startswith("Threads:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
-    return threading.active_count()
+    return 0
+
+
+def thread_count() -> int:
+    """Threads of this process as the kernel counts them."""
+    return proc_value("self", "Threads")
+
+
+def wait_for(predicate, timeout: float = TIMEOUT, step: float = 0.02) -> bool:
+    """Poll predicate() until it is true or the time is up; its last answer."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return True
+        time.sleep(step)
+    return bool(predicate())
 
 
 LISTENING = re.compile(r"(\w+) listening on \[?([0-9a-fA-F.:]+)\]?:(\d+)")
@@ -155,12 +170,7 @@ class Daemon:
         return "\n".join(self.lines)
 
     def wait_for_log(self, text: str, timeout: float = TIMEOUT) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if text in self.log:
-                return True
-            time.sleep(0.02)
-        return False
+        return wait_for(lambda: text in self.log, timeout)
 
     def signal(self, signum=signal.SIGTERM):
         self.proc.send_signal(signum)

@@ -14,8 +14,8 @@ import time
 import unittest
 import xmlrpc.client
 
-from support import (TIMEOUT, Daemon, connect, fingerd, query, read_all, set_status, temp_dir,
-                     write_file)
+from support import (TIMEOUT, Daemon, connect, fingerd, proc_value, query, read_all,
+                     set_status, temp_dir, write_file)
 
 SEEDED = {"alice": "Happy and well", "bob": "line one\nline two", "carol": "Busy"}
 MEASURED = {"peak_threads": 0, "peak_rss_kb": 0, "worst_answer_ms": 0.0, "inputs": {}}
@@ -28,14 +28,6 @@ def tearDownModule():
         print("hostile: peak threads %d, peak RSS %.1f MiB, worst answer under attack %.1f ms"
               % (MEASURED["peak_threads"], MEASURED["peak_rss_kb"] / 1024,
                  MEASURED["worst_answer_ms"]), file=sys.stderr)
-
-
-def proc_value(pid, field):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
 
 
 class Target:

@@ -9,7 +9,7 @@ import threading
 import time
 import unittest
 
-from support import Daemon, TIMEOUT, fingerd, temp_dir, write_file
+from support import Daemon, TIMEOUT, fingerd, temp_dir, wait_for, write_file
 
 Status = fingerd.Status
 
@@ -636,12 +636,7 @@ class RealNgircdTest(unittest.TestCase):
         self.assertEqual(daemon.wait(), 0)
 
     def wait_for(self, predicate, timeout=TIMEOUT):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        return wait_for(predicate, timeout)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import threading
 import time
 import unittest
 
-from support import fingerd, temp_dir, write_file
+from support import fingerd, temp_dir, wait_for, write_file
 
 SEED = {"alice": "Happy and well", "bob": "line one\nline two", "carol": "Busy"}
 
@@ -228,12 +228,7 @@ class FileStoreTest(StoreContract, unittest.TestCase):
         os.replace(tmp, self.path)
 
     def wait_for(self, predicate, timeout=5.0):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if predicate():
-                return True
-            time.sleep(0.02)
-        return False
+        return wait_for(predicate, timeout)
 
     def test_is_read_only(self):
         with self.assertRaises(fingerd.ReadOnlyStore):
