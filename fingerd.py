@@ -3863,7 +3863,7 @@ def positive_float(spec: str) -> float:
         value = float(spec)
     except ValueError:
         value = -1.0
-    if not value > 0:
+    if not 0 < value < 1e9:          # also refuses nan and inf (no thread can wait forever)
         raise argparse.ArgumentTypeError("expected a positive number of seconds, got %r" % spec)
     return value
 

@@ -23,7 +23,9 @@ class HelpAndUsageTest(unittest.TestCase):
 
     def test_usage_errors_exit_2(self):
         for args in (["--bogus"], ["--finger", "x"], ["--finger", "70000"],
-                     ["--backend", "nosuch"], ["--refresh", "0"], ["--setter-allow", "x/y"],
+                     ["--backend", "nosuch"], ["--refresh", "0"], ["--refresh", "inf"],
+                     ["--refresh", "nan"], ["--rate", "-1"], ["--max-conns-per-ip", "x"],
+                     ["--setter-allow", "x/y"],
                      ["--finger", "::1:79"]):
             out = run_cli(*args)
             self.assertEqual(out.returncode, 2, args)
