@@ -37,6 +37,7 @@ import argparse
 import base64
 import bisect
 import email.utils
+import enum
 import errno
 import functools
 import html
@@ -51,6 +52,7 @@ import queue
 import random
 import re
 import select
+import selectors
 import shlex
 import shutil
 import signal
@@ -98,6 +100,10 @@ DRAIN_SECONDS = 5.0                   # replies in flight may finish this long a
 LISTEN_BACKLOG = 1024                 # socketserver's 5 makes bursts wait for SYN retries
 MAX_CONNECTIONS = 4096                # per listener; beyond it new clients get a busy line
 MAX_WORKERS = 16                      # per listener, only for stores that may block
+BUSY_TIMEOUT = 60.0                   # a handler this late gets its client an error reply
+MAX_REQUESTS_PER_CONNECTION = 1000    # then the server closes it (nginx keepalive_requests)
+FAIR_SHARE = 16                       # pipelined requests served per connection per turn
+ACCEPT_PAUSE = 0.1                    # seconds without accepting when out of descriptors
 LINGER_SECONDS = 2.0                  # after an error reply, read and discard this long
 MAX_CONNS_PER_IP = 16                 # open connections from one address (IPv6: one /64)
 RATE_PER_IP = 20.0                    # new connections a second from one address, burst 2x
@@ -144,11 +150,77 @@ class StoreUnavailable(FingerdError):
     """The backend could not do what was asked (disk full, database locked, ...)."""
 
 
+class Refusal(enum.Enum):
+    """Why the serving loop answers a connection itself instead of (or before) its handler.
+
+    The value is the `reason` label of fingerd_refusals_total in /metrics.  Every handler's
+    refusal() has an answer for each member (tests/test_serving.py checks that)."""
+    TOO_LONG = "too-long"     # a request over the protocol's size limit
+    URI = "uri"               # HTTP: the request line is too long (414)
+    HEADERS = "headers"       # HTTP: the header section is too large (431)
+    BODY = "body"             # HTTP: the body is too large (413)
+    TIMEOUT = "timeout"       # the request did not arrive within the connection's deadline
+    BUSY = "busy"             # the listener already holds max_connections
+    TOO_MANY = "too-many"     # this address holds too many connections or connects too fast
+    DENIED = "denied"         # verify_request() refused the peer
+    ERROR = "error"           # the handler failed: an internal error, answered and counted
+
+
 class RequestTooLarge(FingerdError):
     """A peer sent more than the protocol allows before completing a request.
 
-    The message names which limit ('too-long' unless a protocol distinguishes more, as HTTP
-    does: 'uri', 'headers', 'body'); it is passed to the handler's refusal()."""
+    `reason` says which limit (Refusal.TOO_LONG unless a protocol distinguishes more, as HTTP
+    does: URI, HEADERS, BODY); the loop passes it to the handler's refusal()."""
+
+    def __init__(self, reason: "Refusal" = Refusal.TOO_LONG) -> None:
+        super().__init__("request too large (%s)" % reason.value)
+        self.reason = reason
+
+
+class Faults:
+    """Internal errors (bugs, or failures nothing else expected), counted by where they
+    happened: 'finger', 'http', 'setter' (a handler), 'finger-loop' (the loop itself), 'irc',
+    'sqlite-writer', a refresher's thread name, 'daemon'.
+
+    report() is called from an `except` block: it counts the fault for /metrics
+    (fingerd_internal_errors_total{where=...}) and logs it with its traceback, at most
+    `burst` tracebacks per place every `window` seconds; past that one line per fault, so a
+    fault that repeats on every request cannot flood the journal.  Thread-safe.  One instance
+    per process (FAULTS), like the log it writes to."""
+
+    burst = 5
+    window = 60.0      # seconds
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.counts: Dict[str, int] = {}
+        self._logged: Dict[str, Tuple[float, int]] = {}     # where -> (window start, count)
+
+    def report(self, where: str, what: str, *args) -> None:
+        """Count one fault at `where` and log `what % args` (with the current exception)."""
+        now = time.monotonic()
+        with self.lock:
+            self.counts[where] = self.counts.get(where, 0) + 1
+            start, logged = self._logged.get(where, (now, 0))
+            if now - start >= self.window:
+                start, logged = now, 0
+            self._logged[where] = (start, logged + 1)
+        try:
+            message = "internal error in %s: %s" % (where, what % args if args else what)
+        except Exception:                          # a bad format must not hide the fault
+            message = "internal error in %s: %r %r" % (where, what, args)
+        if logged < self.burst:
+            log.error(message, exc_info=True)
+        else:
+            log.error("%s (%s; traceback logged %d times this minute)", message,
+                      clean_line(repr(sys.exc_info()[1]))[:200], self.burst)
+
+    def count(self, where: str) -> int:
+        with self.lock:
+            return self.counts.get(where, 0)
+
+
+FAULTS = Faults()
 
 
 # -- Helpers: text, addresses, back-off ---------------------------------------------------
@@ -375,6 +447,10 @@ class Store:
         """Sorted user names."""
         return [user for user, _ in self.items()]
 
+    def problem(self) -> Optional[str]:
+        """Why the store cannot serve at all (a thread of its own has died), or None."""
+        return None
+
     def set(self, user: str, text: str, expires_at: float = 0.0) -> Status:
         """Store a status (until expires_at, when given: then the user's lasting status shows
         again); return it as stored, once it is durable.  Raises BadName, BadStatus,
@@ -582,7 +658,7 @@ class Refresher:
             try:
                 self._refresh()
             except Exception:
-                log.exception("%s: refresh failed", self._thread.name)
+                FAULTS.report(self._thread.name, "refresh failed")
 
     def soon(self, delay: float) -> None:
         at = time.monotonic() + delay
@@ -718,6 +794,7 @@ class SQLiteStore(DictStore):
                          list(self._data.items()) + list(self._expiring.items())))
         self.changes.extend((user, status, when) for when, user, status in recent[-CHANGE_LOG:])
         self._queue: "queue.SimpleQueue[Optional[_Write]]" = queue.SimpleQueue()
+        self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer",
                                         daemon=True)
         self._writer.start()
@@ -758,7 +835,15 @@ class SQLiteStore(DictStore):
         if errors:
             raise errors[0]
 
+    def problem(self) -> Optional[str]:
+        if not self._writer.is_alive() and not self._closed:
+            return "the sqlite writer thread is not running"
+        return None
+
     def set_async(self, user, text, done, expires_at=0.0):
+        if self.problem():         # nobody would ever answer: refuse at once
+            done(StoreUnavailable("the database writer is not running"))
+            return
         try:
             if text is None:
                 self._prepare_clear(user)
@@ -785,7 +870,19 @@ class SQLiteStore(DictStore):
                     self._queue.put(None)      # finish this batch, then stop
                     break
                 batch.append(item)
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception:
+                # A bug, not a database error (those _commit answers itself): the batch is
+                # refused, nothing in it was acknowledged, and the writer goes on.
+                FAULTS.report("sqlite-writer", "writing %d statuses to %s", len(batch),
+                              self.path)
+                self._rollback()
+                for w in batch:
+                    try:
+                        w.done(StoreUnavailable("internal error: the status was not stored"))
+                    except Exception:
+                        FAULTS.report("sqlite-writer", "completion callback")
 
     UPSERT = ("INSERT INTO statuses (user, slot, status, set_at, expires_at) VALUES (?, ?, ?, ?, "
               "?) ON CONFLICT (user, slot) DO UPDATE SET status = excluded.status, set_at = "
@@ -819,10 +916,7 @@ class SQLiteStore(DictStore):
             db.execute("COMMIT")
         except sqlite3.Error as e:
             log.error("database %s: write of %d statuses failed: %s", self.path, len(batch), e)
-            try:
-                db.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass
+            self._rollback()
             error: Optional[FingerdError] = StoreUnavailable("could not store the status: %s"
                                                              % e)
         else:
@@ -834,9 +928,17 @@ class SQLiteStore(DictStore):
             try:
                 w.done(error)
             except Exception:
-                log.exception("database %s: completion callback failed", self.path)
+                FAULTS.report("sqlite-writer", "completion callback")
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            try:
+                self._db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass
 
     def close(self) -> None:
+        self._closed = True
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join()
@@ -1439,8 +1541,15 @@ class Monitor:
         """(True, 'ok') when every listener's loop turns and the store answers."""
         now = time.monotonic()
         for server in self.servers:
-            if server.loop_stalled(now, self.STALL):
-                return False, "the %s listener is not serving" % server.label
+            problem = server.loop_problem(now, self.STALL)
+            if problem:
+                return False, "the %s listener's loop %s" % (server.label, problem)
+        problem = self.store.problem() if self.store is not None else None
+        if problem:
+            return False, problem
+        bot = self.bot
+        if bot is not None and not bot.running:
+            return False, "the IRC bot's thread is not running"
         try:
             if self.store is not None:
                 self.store.get("healthz-probe")
@@ -1474,8 +1583,11 @@ class Monitor:
         family("fingerd_refusals_total", "counter",
                "Connections or requests refused, by listener and reason.",
                counted("fingerd_refusals_total"))
-        family("fingerd_errors_total", "counter", "Unexpected errors while serving, by kind.",
-               counted("fingerd_errors_total"))
+        with FAULTS.lock:
+            faults = sorted(((("where", where),), n) for where, n in FAULTS.counts.items())
+        family("fingerd_internal_errors_total", "counter",
+               "Internal errors contained (the unit of work failed, the loop went on), by "
+               "where they happened.", faults)
         family("fingerd_setter_writes_total", "counter", "Setter writes, by result.",
                counted("fingerd_setter_writes_total"))
         bot = self.bot
@@ -1500,57 +1612,6 @@ class Monitor:
         family("fingerd_worker_threads_busy", "gauge", "Worker threads busy, by listener.",
                [((("listener", s.label),), s.workers_busy) for s in self.servers])
         return "\n".join(out) + "\n"
-
-
-class WorkerPool:
-    """A bounded, lazily grown set of named daemon threads that run submitted calls.
-
-    A thread is started only when a call is submitted and none is idle, up to `size`."""
-
-    def __init__(self, name: str, size: int) -> None:
-        self.name, self.size = name, size
-        self._queue: "queue.SimpleQueue" = queue.SimpleQueue()
-        self._idle = threading.Semaphore(0)
-        self._threads: List[threading.Thread] = []
-        self._busy_lock = threading.Lock()
-        self.busy = 0
-
-    def submit(self, fn, *args) -> None:
-        self._queue.put((fn, args))
-        if self._idle.acquire(blocking=False) or len(self._threads) >= self.size:
-            return
-        thread = threading.Thread(target=self._run, daemon=True,
-                                  name="%s-worker-%d" % (self.name, len(self._threads) + 1))
-        self._threads.append(thread)
-        thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            fn, args = item
-            with self._busy_lock:
-                self.busy += 1
-            try:
-                fn(*args)
-            except Exception:
-                log.exception("%s worker: unexpected error", self.name)
-            finally:
-                with self._busy_lock:
-                    self.busy -= 1
-            self._idle.release()
-
-    @property
-    def threads(self) -> int:
-        return len(self._threads)
-
-    def shutdown(self, timeout: float = 1.0) -> None:
-        for _ in self._threads:
-            self._queue.put(None)
-        end = time.monotonic() + timeout
-        for thread in self._threads:
-            thread.join(max(0.0, end - time.monotonic()))
 
 
 class ClientLimiter:
@@ -1600,20 +1661,20 @@ class ClientLimiter:
             return str(ipaddress.ip_network("%s/64" % address, strict=False))
         return str(address)
 
-    def admit(self, peer) -> Optional[str]:
+    def admit(self, peer) -> Optional[Refusal]:
         """None when the peer may connect (then counted until release()), else the reason."""
         key = self.key(peer)
         if key is None:
             return None
         if self.max_conns and self.open.get(key, 0) >= self.max_conns:
-            return "too-many"
+            return Refusal.TOO_MANY
         if self.rate:
             now = self.clock()
             tokens, when = self.buckets.get(key, (2 * self.rate, now))
             tokens = min(2 * self.rate, tokens + (now - when) * self.rate)
             if tokens < 1:
                 self.buckets[key] = (tokens, now)
-                return "too-many"
+                return Refusal.TOO_MANY
             self.buckets[key] = (tokens - 1, now)
         self.open[key] = self.open.get(key, 0) + 1
         return None
@@ -1633,13 +1694,28 @@ class ClientLimiter:
                 del self.buckets[key]
 
 
+class State(enum.Enum):
+    """Where a connection is in its life.  Only the listener's loop thread changes it."""
+    READING = "reading"       # waiting for (the rest of) a request
+    BUSY = "busy"             # its handler is making the reply elsewhere (a worker, a commit)
+    WRITING = "writing"       # a reply is partly sent; waiting for the socket to take more
+    LINGERING = "lingering"   # our side is shut after an error reply; input is discarded
+
+
+class After(enum.Enum):
+    """What a handler asks the loop to do with its connection once the reply is sent."""
+    CLOSE = "close"           # close (lingering first if unread input is buffered)
+    KEEP = "keep"             # a persistent connection: read the next request
+    LINGER = "linger"         # an error: shut our side, discard input briefly, then close
+    PENDING = "pending"       # no reply yet: it comes later through server.complete()
+
+
 class Connection:
-    """One accepted client, owned by its server's loop thread (or by one worker at a time)."""
+    """One accepted client, owned by its server's loop thread (or by one worker at a time,
+    while BUSY).  `served` counts the requests framed on it so far."""
 
     __slots__ = ("sock", "fd", "peer", "inbuf", "outbuf", "deadline", "state", "eof",
-                 "request", "after_write", "registered", "interim_sent")
-
-    READING, BUSY, WRITING, LINGERING = range(4)
+                 "request", "after", "watching", "interim_sent", "served", "queued")
 
     def __init__(self, sock: socket.socket, peer, deadline: float) -> None:
         self.sock = sock
@@ -1648,31 +1724,38 @@ class Connection:
         self.inbuf = b""
         self.outbuf = b""
         self.deadline = deadline
-        self.state = Connection.READING
+        self.state = State.READING
         self.eof = False
         self.request = b""          # the complete request the handler reads
-        self.after_write = "close"  # after the reply: "close", "linger" or "keep"
-        self.registered = False     # known to the loop's epoll
+        self.after = After.CLOSE    # what follows the reply being sent
+        self.watching = 0           # the selector events registered for it (0: none)
         self.interim_sent = False   # an interim reply went out for the request being read
+        self.served = 0             # requests framed on this connection
+        self.queued = False         # in the loop's queue of connections with input to serve
 
 
 class BufferedRequestHandler(socketserver.StreamRequestHandler):
     """A StreamRequestHandler that runs on one complete request the loop already read.
 
     `self.request` is the Connection; `self.rfile` holds exactly the request bytes and
-    `self.wfile` collects the reply, which the loop sends without blocking.  Subclasses
-    implement handle() and the class methods request_length() and refusal().  handle() may set
-    `self.after` to "keep" (keep-alive), "linger" (an error: drain input before closing), or
-    "pending" (the reply comes later through server.complete(), e.g. after a commit)."""
+    `self.wfile` collects the reply, which the loop sends without blocking.  `self.final` is
+    True for the last request the connection may carry (PooledTCPServer.max_requests): a
+    persistent protocol says so in its reply (HTTP: Connection: close).
+
+    Subclasses implement handle() and the class methods request_length() and refusal().
+    handle() may set `self.after` to an After member (default CLOSE).  An exception from
+    handle() is contained by the server: counted, logged, answered with refusal(ERROR)."""
 
     recv_size = 4096
     interim = None      # optional class method: buffered incomplete request -> bytes to send
 
     def setup(self) -> None:
-        self.connection = self.request.sock
-        self.rfile = io.BytesIO(self.request.request)
+        conn = self.request
+        self.connection = conn.sock
+        self.rfile = io.BytesIO(conn.request)
         self.wfile = io.BytesIO()
-        self.after = "close"
+        self.after = After.CLOSE
+        self.final = conn.served >= self.server.max_requests
 
     def finish(self) -> None:
         pass
@@ -1684,43 +1767,69 @@ class BufferedRequestHandler(socketserver.StreamRequestHandler):
         raise NotImplementedError
 
     @classmethod
-    def refusal(cls, reason: str) -> bytes:
-        """The reply for a connection refused before its handler ran: reason is one of
-        'too-long', 'timeout', 'busy', 'denied', 'error'."""
+    def refusal(cls, reason: Refusal) -> bytes:
+        """The protocol's answer when the loop refuses a request for `reason`."""
         raise NotImplementedError
 
 
-class PooledTCPServer(socketserver.ThreadingTCPServer):
-    """A ThreadingTCPServer that does not spawn a thread per connection.
+EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
-    serve_forever() runs one epoll loop that accepts clients and reads each request whole,
-    within the handler's size limit and one `deadline` per connection (a client trickling a
-    byte a second is dropped on time), so waiting clients cost no thread.  A complete request
-    runs its handler inline when `inline` is true (the store answers from memory), else on a
-    pool of at most `max_workers` threads.  Replies are sent by the loop without blocking.
 
-    Knobs (class or instance attributes): request_queue_size, deadline, idle_timeout,
-    max_connections, max_workers, inline.  Subclasses may override verify_request() (refused
-    clients get the handler's refusal('denied')).  complete() delivers a deferred reply from
-    any thread.  shutdown() stops accepting and lets replies in flight finish for at most
-    `drain_seconds`."""
+class PooledTCPServer(socketserver.TCPServer):
+    """A TCPServer that serves many clients from one thread, and runs handlers that may block
+    on a small pool of worker threads instead of a thread per connection.
+
+    serve_forever() is a `selectors` loop (epoll on Linux, kqueue or poll elsewhere) that
+    accepts clients and reads each request whole, within the handler's size limit and one
+    `deadline` per request (a client trickling a byte a second is dropped on time), so idle
+    and slow clients cost no thread.  A complete request runs its handler inline when `inline`
+    is true (the store answers from memory), else on a concurrent.futures.ThreadPoolExecutor
+    of at most `max_workers` threads, made on first use.  Replies are sent without blocking;
+    the rest of a reply waits until the socket is writable, and the connection reads nothing
+    meanwhile (a client that does not read its replies stops being read: TCP back-pressure).
+
+    Pipelined requests are served one after another in a loop, never by recursion: at most
+    `fair_share` of them per connection per turn before other clients get theirs, and at most
+    `max_requests` per connection (the last one is told it is final, then the server closes).
+
+    Fault containment: an exception while serving one connection (its handler, or the loop's
+    own work for it) is counted in FAULTS, logged, answered with the handler's
+    refusal(ERROR) where a reply is still possible, and closes only that connection.  If the
+    loop itself fails, serve_forever() records why in `loop_error`, closes its connections and
+    returns; the listening socket stays open, so serve_forever() can simply be called again
+    (the daemon's supervisor does).
+
+    From socketserver.BaseServer/TCPServer these still apply: __init__ (bind and listen),
+    server_bind, server_activate, fileno, verify_request (a refused client gets
+    refusal(DENIED)), handle_error (a handler's failure), server_close, and the knobs
+    request_queue_size and allow_reuse_address.  Replaced: serve_forever, shutdown.  Never
+    called: handle_request, process_request, finish_request, get_request, service_actions,
+    handle_timeout (the loop does their work per connection).
+
+    Knobs (class or instance attributes): deadline, idle_timeout, busy_timeout,
+    max_connections, max_workers, max_requests, fair_share, drain_seconds, inline, nodelay.
+    complete() delivers a deferred reply from any thread.  shutdown() stops accepting and
+    lets replies in flight finish for at most `drain_seconds`."""
 
     request_queue_size = LISTEN_BACKLOG
     allow_reuse_address = True
-    daemon_threads = True
-    deadline = CONNECTION_DEADLINE
-    idle_timeout = CONNECTION_DEADLINE
+    deadline = CONNECTION_DEADLINE      # seconds for one request to arrive whole
+    idle_timeout = CONNECTION_DEADLINE  # seconds a persistent connection may sit idle
+    busy_timeout = BUSY_TIMEOUT         # seconds a handler may take before the client is told
     max_connections = MAX_CONNECTIONS
     max_workers = MAX_WORKERS
+    max_requests = MAX_REQUESTS_PER_CONNECTION
+    fair_share = FAIR_SHARE
     drain_seconds = DRAIN_SECONDS
     inline = True
     nodelay = False      # TCP_NODELAY for protocols that write several segments per exchange
     log_queries = False  # log every request at INFO (--log-queries), else at DEBUG
     label = "server"
 
-    def __init__(self, server_address: Tuple[str, int], handler_class,
-                 bind_and_activate: bool = True, sock: Optional[socket.socket] = None) -> None:
-        """Bind server_address, or serve `sock`, a listening socket made elsewhere (systemd)."""
+    def __init__(self, server_address, handler_class, bind_and_activate: bool = True,
+                 sock: Optional[socket.socket] = None) -> None:
+        """Bind server_address ((host, port), or a path for AF_UNIX), or serve `sock`, a
+        listening socket made elsewhere (systemd).  Raises OSError when it cannot bind."""
         if sock is not None:
             self.address_family = sock.family
         elif isinstance(server_address, str):
@@ -1729,19 +1838,26 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
             self.address_family = socket.AF_INET6 if ":" in server_address[0] \
                 else socket.AF_INET
         self._conns: Dict[int, Connection] = {}
-        self._completed: deque = deque()
+        self._ready: deque = deque()            # connections with buffered requests to serve
+        self._completed: deque = deque()        # (conn, reply, after) from other threads
         self._wake_pending = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._pool = WorkerPool(self.label, self.max_workers)
+        self._pool = None                       # the ThreadPoolExecutor, made on first use
+        self._pool_lock = threading.Lock()
+        self._worker_idents: set = set()
+        self._busy = 0
+        self._selector: Optional[selectors.BaseSelector] = None
+        self._listening = False
+        self._resume_at: Optional[float] = None  # when to accept again after a pause
         self._stopping = False
         self._stopped = threading.Event()
         self._stopped.set()
-        self._epoll = select.epoll()
         self.limiter = ClientLimiter()
         self.metrics = Metrics()          # the daemon gives every listener the same one
         self.last_turn = time.monotonic()
+        self.loop_error: Optional[str] = None   # why the loop last died, if it did
         if sock is not None:
             socketserver.BaseServer.__init__(self, server_address, handler_class)
             self.socket = sock
@@ -1776,196 +1892,275 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
 
     @property
     def worker_threads(self) -> int:
-        return self._pool.threads
+        """Worker threads started so far (the pool starts them as calls need them)."""
+        return len(self._worker_idents)
 
     @property
     def workers_busy(self) -> int:
-        return self._pool.busy
+        return self._busy
 
-    def loop_stalled(self, now: float, limit: float) -> bool:
-        """True when serve_forever is not running, or has not turned for `limit` seconds."""
-        return self._stopped.is_set() or now - self.last_turn > limit
+    def loop_problem(self, now: float, limit: float) -> Optional[str]:
+        """Why this listener is not serving, or None: its loop died, is not running, or has
+        not turned for `limit` seconds."""
+        if self._stopped.is_set():
+            return "died (%s)" % self.loop_error if self.loop_error else "is not running"
+        if now - self.last_turn > limit:
+            return "has not turned for %.0f s" % (now - self.last_turn)
+        return None
 
     def handle_error(self, request, client_address) -> None:
-        """One request's failure is logged (not printed to stderr) and never stops the server."""
-        self.metrics.inc("fingerd_errors_total", kind=self.label)
-        log.exception("%s: error while serving %s", self.label, describe_peer(client_address))
+        """A handler's failure: counted and logged (rate-limited), never printed to stderr,
+        and it never stops the server."""
+        FAULTS.report(self.label, "while serving %s", describe_peer(client_address))
 
-    def refused(self, reason: str) -> None:
-        self.metrics.inc("fingerd_refusals_total", listener=self.label, reason=reason)
+    def count_refusal(self, reason: Refusal) -> None:
+        self.metrics.inc("fingerd_refusals_total", listener=self.label, reason=reason.value)
 
     # The loop ---------------------------------------------------------------------------
 
     def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Serve until shutdown(); returns early (with loop_error set) only if the loop
+        itself fails.  poll_interval bounds how late deadlines are enforced."""
         self._stopped.clear()
-        ep = self._epoll
-        listen_fd = self.socket.fileno()
-        ep.register(listen_fd, select.EPOLLIN)
-        ep.register(self._wake_r, select.EPOLLIN)
-        conns = self._conns
+        self.loop_error = None
+        self._selector = selectors.DefaultSelector()
+        try:
+            self._loop(poll_interval)
+        except BaseException as e:
+            self.loop_error = clean_line("%s: %s" % (type(e).__name__, e))[:200]
+            FAULTS.report(self.label + "-loop", "the %s loop stopped", self.label)
+            if not isinstance(e, Exception):
+                raise                   # KeyboardInterrupt where the loop runs in main
+        finally:
+            for conn in list(self._conns.values()):
+                self._close(conn)
+            self._ready.clear()
+            self._selector.close()
+            self._listening = False
+            self._stopped.set()
+
+    def _loop(self, poll_interval: float) -> None:
+        selector, conns, ready = self._selector, self._conns, self._ready
+        selector.register(self._wake_r, EVENT_READ)
+        self._listen(True)
         sweep_every = max(0.01, min(0.25, self.deadline / 8, poll_interval))
         next_sweep = time.monotonic() + sweep_every
         drain_end = None
-        writable = select.EPOLLOUT
-        try:
-            while True:
-                if self._stopping and drain_end is None:
-                    drain_end = time.monotonic() + self.drain_seconds
-                    ep.unregister(listen_fd)
-                    self._close_idle()
-                if drain_end is not None and (not conns or time.monotonic() >= drain_end):
-                    break
-                events = ep.poll(sweep_every)
-                now = self.last_turn = time.monotonic()
-                for fd, ev in events:
-                    if fd == listen_fd:
-                        self._accept(now)
-                    elif fd == self._wake_r:
+        while True:
+            if self._stopping and drain_end is None:
+                drain_end = time.monotonic() + self.drain_seconds
+                self._listen(False)
+                self._close_idle()
+            if drain_end is not None and (not conns or time.monotonic() >= drain_end):
+                return
+            events = selector.select(0 if ready else sweep_every)
+            now = self.last_turn = time.monotonic()
+            for key, mask in events:
+                conn = key.data
+                if conn is None:
+                    if key.fd == self._wake_r:
                         self._take_completed(now)
                     else:
-                        conn = conns.get(fd)
-                        if conn is None:
-                            continue
-                        if conn.state == Connection.WRITING:
-                            if ev & writable:
-                                self._flush(conn, now)
-                            else:
-                                self._close(conn)      # an error or hang-up while writing
+                        self._accept(now)
+                elif conns.get(conn.fd) is conn:
+                    try:     # by state: a hang-up is reported as readable and writable
+                        if conn.state is State.WRITING:
+                            self._flush(conn, now)
                         else:
                             self._read(conn, now)
-                if now >= next_sweep:
-                    next_sweep = now + sweep_every
-                    self._sweep(now)
-        finally:
-            for conn in list(conns.values()):
-                self._close(conn)
-            for fd in (listen_fd, self._wake_r):
-                try:
-                    ep.unregister(fd)
-                except (OSError, ValueError):
-                    pass
-            self._stopped.set()
+                    except Exception:
+                        self._contain(conn)
+            for _ in range(len(ready)):        # the next share of pipelined requests
+                conn = ready.popleft()
+                conn.queued = False
+                if conns.get(conn.fd) is conn and conn.state is State.READING:
+                    try:
+                        self._serve(conn, now)
+                    except Exception:
+                        self._contain(conn)
+            if now >= next_sweep:
+                next_sweep = now + sweep_every
+                self._sweep(now)
+
+    def _contain(self, conn: Connection) -> None:
+        """A failure in the loop's own work for one connection: count, log, close it."""
+        FAULTS.report(self.label + "-loop", "while serving %s", describe_peer(conn.peer))
+        self._close(conn)
+
+    def _listen(self, on: bool) -> None:
+        """Watch the listening socket for new clients, or stop (a pause, or draining)."""
+        if on != self._listening:
+            if on:
+                self._selector.register(self.socket.fileno(), EVENT_READ)
+            else:
+                self._selector.unregister(self.socket.fileno())
+            self._listening = on
+        self._resume_at = None
 
     def _accept(self, now: float) -> None:
         conns = self._conns
-        accept = self.socket._accept        # socket.accept() minus its enum conversions
-        family = int(self.address_family)
         for _ in range(64):          # a burst at a time, so connected clients keep moving
             try:
-                fd, peer = accept()
+                sock, peer = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
                 if e.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("%s: cannot accept: %s", self.label, e.strerror)
-                    time.sleep(0.01)  # let descriptors free up instead of spinning
-                return
+                    # Out of descriptors or memory: stop accepting for a moment (the sweep
+                    # resumes it) rather than spin on a listener that stays readable.
+                    log.warning("%s: cannot accept: %s; pausing new connections",
+                                self.label, e.strerror)
+                    self._listen(False)
+                    self._resume_at = now + ACCEPT_PAUSE
+                    return
+                continue     # ECONNABORTED, EPROTO, EPERM (a firewall): that client only
             # The socket stays in blocking mode: every recv/send passes MSG_DONTWAIT, which
             # saves a system call per client.
-            sock = socket.socket(family, socket.SOCK_STREAM, 0, fd)
             conn = Connection(sock, peer, now + self.deadline)
-            if len(conns) >= self.max_connections:
-                self.refused("busy")
-                self._refuse_now(conn, "busy")
-                continue
-            limited = self.limiter.admit(peer)
-            if limited:
-                self.refused(limited)
-                self._refuse_now(conn, limited)
-                continue
-            conns[conn.fd] = conn
-            if not self.verify_request(sock, peer):
-                self.refused("denied")
-                self._reply(conn, self.RequestHandlerClass.refusal("denied"), "linger", now)
-            else:
-                self._read(conn, now)    # the request often came with the handshake
+            try:
+                if len(conns) >= self.max_connections:
+                    self._refuse_now(conn, Refusal.BUSY)
+                    continue
+                limited = self.limiter.admit(peer)
+                if limited is not None:
+                    self._refuse_now(conn, limited)
+                    continue
+                conns[conn.fd] = conn
+                if not self.verify_request(sock, peer):
+                    self._refuse(conn, Refusal.DENIED, After.LINGER, now)
+                else:
+                    self._read(conn, now)    # the request often came with the handshake
+            except Exception:
+                if conns.get(conn.fd) is conn:
+                    self._contain(conn)
+                else:
+                    FAULTS.report(self.label + "-loop", "while accepting %s",
+                                  describe_peer(peer))
+                    sock.close()
 
     def _read(self, conn: Connection, now: float) -> None:
+        """Take what the socket has (data, then FIN, read together), then serve it."""
         size = self.RequestHandlerClass.recv_size
-        for _ in range(4):     # what arrived together (data, then FIN) is read together
+        for _ in range(4):
             try:
                 data = conn.sock.recv(size, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
-                if not conn.registered:
-                    self._epoll.register(conn.fd, select.EPOLLIN)
-                    conn.registered = True
-                return
+                break
             except OSError:
                 self._close(conn)
                 return
-            if conn.state == Connection.LINGERING:
+            if conn.state is State.LINGERING:
                 if not data:
                     self._close(conn)
                     return
                 continue
-            if data:
-                if not conn.inbuf and conn.after_write == "keep":
-                    conn.deadline = now + self.deadline     # a keep-alive request has begun
-                conn.inbuf += data
-            else:
+            if not data:
                 conn.eof = True
-            if self._try_request(conn, now):
-                return
+                break
+            if not conn.inbuf and conn.served:
+                conn.deadline = now + self.deadline     # the next request has begun
+            conn.inbuf += data
+        if conn.state is State.LINGERING:
+            self._watch(conn, EVENT_READ)
+        elif conn.state is State.READING and not conn.queued:
+            self._serve(conn, now)
 
-    def _try_request(self, conn: Connection, now: float) -> bool:
-        """Act on the buffered input; False when more input is needed."""
+    def _serve(self, conn: Connection, now: float) -> None:
+        """Answer the complete requests buffered on conn, at most fair_share this turn.
+
+        A loop, not recursion: a burst of 10,000 pipelined requests never deepens the stack.
+        Ends with the connection watched for what it waits for next, held for a worker,
+        queued for the next turn, lingering or closed."""
         handler = self.RequestHandlerClass
-        try:
-            length = handler.request_length(conn.inbuf, conn.eof)
-        except RequestTooLarge as e:
-            conn.inbuf = b""
-            self.refused(str(e) or "too-long")
-            self._reply(conn, handler.refusal(str(e) or "too-long"), "linger", now)
-            return True
-        if length is None:
-            if conn.eof:                 # the peer left before finishing a request
-                self._close(conn)
-                return True
-            if handler.interim is not None and not conn.interim_sent:
-                note = handler.interim(conn.inbuf)    # e.g. HTTP's "100 Continue"
-                if note:
-                    conn.interim_sent = True
-                    try:
-                        conn.sock.send(note, socket.MSG_DONTWAIT)
-                    except OSError:
-                        pass
-            return False
-        conn.interim_sent = False
-        conn.request, conn.inbuf = conn.inbuf[:length], conn.inbuf[length:]
-        if self.inline:
+        for _ in range(self.fair_share):
+            if not conn.inbuf and not conn.eof:
+                self._watch(conn, EVENT_READ)            # the usual case: wait for more
+                return
+            try:
+                length = handler.request_length(conn.inbuf, conn.eof)
+            except RequestTooLarge as e:
+                conn.inbuf = b""
+                self._refuse(conn, e.reason, After.LINGER, now)
+                return
+            if length is None:
+                if conn.eof:                 # the peer left before finishing a request
+                    self._close(conn)
+                    return
+                if handler.interim is not None and not conn.interim_sent:
+                    note = handler.interim(conn.inbuf)    # e.g. HTTP's "100 Continue"
+                    if note:
+                        conn.interim_sent = True
+                        try:
+                            conn.sock.send(note, socket.MSG_DONTWAIT)
+                        except OSError:
+                            pass
+                self._watch(conn, EVENT_READ)
+                return
+            conn.interim_sent = False
+            conn.request, conn.inbuf = conn.inbuf[:length], conn.inbuf[length:]
+            conn.served += 1
+            if not self.inline:
+                self._hold(conn, now)
+                self._submit(conn)
+                return
             reply, after = self._run_handler(conn)
-            if after == "pending":
-                self._hold(conn)
-            else:
-                self._reply(conn, reply, after, now)
-        else:
-            self._hold(conn)
-            self._pool.submit(self._work, conn)
-        return True
+            if after is After.PENDING:
+                self._hold(conn, now)
+                return
+            if not (self._send_reply(conn, reply, after, now) and self._next(conn, now)):
+                return
+        # Its share is used up and input is still buffered: the others go first.
+        self._watch(conn, 0)
+        conn.queued = True
+        self._ready.append(conn)
 
-    def _hold(self, conn: Connection) -> None:
+    def _hold(self, conn: Connection, now: float) -> None:
         """Park a connection while its reply is being made elsewhere."""
-        conn.state = Connection.BUSY
-        if conn.registered:
-            self._epoll.unregister(conn.fd)
-            conn.registered = False
+        conn.state = State.BUSY
+        conn.deadline = now + self.busy_timeout
+        self._watch(conn, 0)
 
-    def _run_handler(self, conn: Connection) -> Tuple[bytes, str]:
+    def _run_handler(self, conn: Connection) -> Tuple[bytes, After]:
+        """Run the handler on conn's request: (reply, after).  Its failure is contained."""
         try:
             handler = self.RequestHandlerClass(conn, conn.peer, self)
-        except Exception:
+            return handler.wfile.getvalue(), handler.after
+        except (Exception, SystemExit):    # sys.exit() in a backend is a bug here too
             self.handle_error(conn, conn.peer)
-            return self.RequestHandlerClass.refusal("error"), "linger"
-        return handler.wfile.getvalue(), handler.after
+            return self.RequestHandlerClass.refusal(Refusal.ERROR), After.LINGER
+
+    def _submit(self, conn: Connection) -> None:
+        if self._pool is None:
+            with self._pool_lock:
+                if self._pool is None:
+                    import concurrent.futures       # only stores that may block need it
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        self.max_workers, thread_name_prefix=self.label + "-worker")
+        try:
+            self._pool.submit(self._work, conn)
+        except RuntimeError as e:     # the pool is shut down, or no thread can be started
+            log.warning("%s: cannot run a worker: %s", self.label, e)
+            conn.state = State.READING
+            self._refuse(conn, Refusal.BUSY, After.CLOSE, time.monotonic())
 
     def _work(self, conn: Connection) -> None:
         """On a worker thread: run the handler, then give the reply back to the loop."""
-        reply, after = self._run_handler(conn)
-        if after != "pending":
+        if self._conns.get(conn.fd) is not conn or conn.state is not State.BUSY:
+            return          # already answered (busy, or its busy_timeout): nothing to do
+        with self._pool_lock:
+            self._busy += 1
+            self._worker_idents.add(threading.get_ident())
+        try:
+            reply, after = self._run_handler(conn)
+        finally:
+            with self._pool_lock:
+                self._busy -= 1
+        if after is not After.PENDING:
             self.complete(conn, reply, after)
 
-    def complete(self, conn: Connection, reply: bytes, after: str = "close") -> None:
-        """Deliver the reply of a held connection; safe from any thread."""
+    def complete(self, conn: Connection, reply: bytes, after: After = After.CLOSE) -> None:
+        """Deliver the reply of a held connection; safe from any thread.  A reply for a
+        connection that is gone (closed at its busy_timeout, or at shutdown) is dropped."""
         self._completed.append((conn, reply, after))
         if not self._wake_pending:          # one wake-up per batch, not per reply
             self._wake_pending = True
@@ -1984,13 +2179,19 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
         self._wake_pending = False
         while self._completed:
             conn, reply, after = self._completed.popleft()
-            if self._conns.get(conn.fd) is conn and conn.state == Connection.BUSY:
-                conn.state = Connection.READING
-                self._reply(conn, reply, after, now)
+            if self._conns.get(conn.fd) is not conn or conn.state is not State.BUSY:
+                continue
+            try:
+                conn.state = State.READING
+                if self._send_reply(conn, reply, after, now) and self._next(conn, now):
+                    self._serve(conn, now)
+            except Exception:
+                self._contain(conn)
 
-    def _reply(self, conn: Connection, data: bytes, after: str, now: float) -> None:
-        """Send what the socket takes now; the rest waits for EPOLLOUT."""
-        conn.after_write = after
+    def _send_reply(self, conn: Connection, data: bytes, after: After, now: float) -> bool:
+        """Send what the socket takes now; True when all of it went.  Otherwise the rest
+        waits for the socket to be writable (or the connection is closed)."""
+        conn.after = after
         if data:
             try:
                 sent = conn.sock.send(data, socket.MSG_DONTWAIT)
@@ -1998,20 +2199,14 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
                 sent = 0
             except OSError:
                 self._close(conn)
-                return
+                return False
             if sent < len(data):
                 conn.outbuf = data[sent:]
-                conn.state = Connection.WRITING
-                self._watch(conn, select.EPOLLOUT)
-                return
-        self._after_reply(conn, now)
-
-    def _watch(self, conn: Connection, events: int) -> None:
-        if conn.registered:
-            self._epoll.modify(conn.fd, events)
-        else:
-            self._epoll.register(conn.fd, events)
-            conn.registered = True
+                conn.state = State.WRITING
+                conn.deadline = now + self.deadline
+                self._watch(conn, EVENT_WRITE)
+                return False
+        return True
 
     def _flush(self, conn: Connection, now: float) -> None:
         try:
@@ -2023,63 +2218,105 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
             return
         conn.outbuf = conn.outbuf[sent:]
         if not conn.outbuf:
-            conn.state = Connection.READING
-            self._watch(conn, select.EPOLLIN)
-            self._after_reply(conn, now)
+            conn.state = State.READING
+            if self._next(conn, now):
+                self._serve(conn, now)
 
-    def _after_reply(self, conn: Connection, now: float) -> None:
-        after = conn.after_write
-        if after == "keep" and not conn.eof and not self._stopping:
-            conn.state = Connection.READING
-            conn.deadline = now + self.idle_timeout
-            if not (conn.inbuf and self._try_request(conn, now)):   # pipelined?
-                self._watch(conn, select.EPOLLIN)
-        elif after == "linger" and not conn.eof:
+    def _next(self, conn: Connection, now: float) -> bool:
+        """The reply is out.  True when the connection goes on to its next request; else it
+        lingers or is closed here."""
+        after = conn.after
+        if after is After.KEEP and conn.served >= self.max_requests:
+            after = After.CLOSE
+        if after is After.KEEP and not self._stopping and (conn.inbuf or not conn.eof):
+            conn.deadline = now + (self.deadline if conn.inbuf else self.idle_timeout)
+            return True
+        if conn.eof or (after is not After.LINGER and not conn.inbuf):
+            self._close(conn)
+        else:
             # Closing with unread input would send RST and could destroy the reply in
             # flight: shut our side and discard what still comes, briefly.
-            conn.state = Connection.LINGERING
+            conn.state = State.LINGERING
+            conn.inbuf = b""
             conn.deadline = now + LINGER_SECONDS
             try:
                 conn.sock.shutdown(socket.SHUT_WR)
             except OSError:
                 self._close(conn)
-                return
-            self._watch(conn, select.EPOLLIN)
-        else:
-            self._close(conn)
+                return False
+            self._watch(conn, EVENT_READ)
+        return False
 
-    def _refuse_now(self, conn: Connection, reason: str) -> None:
+    def _refuse(self, conn: Connection, reason: Refusal, after: After, now: float) -> None:
+        """Answer a tracked connection with the handler's refusal, counted."""
+        self.count_refusal(reason)
+        if self._send_reply(conn, self.RequestHandlerClass.refusal(reason), after, now):
+            self._next(conn, now)
+
+    def _refuse_now(self, conn: Connection, reason: Refusal) -> None:
         """Best-effort refusal for a client we will not even track (too many connections)."""
+        self.count_refusal(reason)
         try:
             conn.sock.send(self.RequestHandlerClass.refusal(reason), socket.MSG_DONTWAIT)
         except OSError:
             pass
         conn.sock.close()
 
-    def _close(self, conn: Connection) -> None:
-        if self._conns.pop(conn.fd, None) is None:
+    def _watch(self, conn: Connection, events: int) -> None:
+        """Have the selector report `events` for conn (0: nothing)."""
+        if conn.watching == events:
             return
-        self.limiter.release(conn.peer)
-        conn.sock.close()          # closing the descriptor also removes it from epoll
+        if not conn.watching:
+            self._selector.register(conn.fd, events, conn)
+        elif not events:
+            self._selector.unregister(conn.fd)
+        else:
+            self._selector.modify(conn.fd, events, conn)
+        conn.watching = events
+
+    def _close(self, conn: Connection) -> None:
+        if self._conns.get(conn.fd) is not conn:
+            return
+        del self._conns[conn.fd]
+        try:
+            if conn.watching:
+                conn.watching = 0
+                self._selector.unregister(conn.fd)
+        except (KeyError, ValueError, OSError):
+            pass                    # not registered after all: nothing to undo
+        finally:
+            self.limiter.release(conn.peer)
+            conn.sock.close()
 
     def _sweep(self, now: float) -> None:
-        """Enforce the deadlines: a reading client past its deadline gets the timeout reply."""
+        """Enforce the deadlines: a client whose request has not arrived gets the timeout
+        reply; an idle persistent connection is closed; a handler past busy_timeout gets
+        its client an internal-error reply."""
+        if self._resume_at is not None and now >= self._resume_at and not self._stopping:
+            self._listen(True)
         self.limiter.prune()
         for conn in [c for c in self._conns.values() if c.deadline <= now]:
-            if conn.state == Connection.READING:
-                if conn.inbuf or conn.after_write != "keep":
-                    conn.inbuf = b""
-                    self.refused("timeout")
-                    self._reply(conn, self.RequestHandlerClass.refusal("timeout"), "close", now)
+            try:
+                if conn.state is State.READING:
+                    if conn.inbuf or not conn.served:
+                        conn.inbuf = b""
+                        self._refuse(conn, Refusal.TIMEOUT, After.CLOSE, now)
+                    else:
+                        self._close(conn)                  # an idle persistent connection
+                elif conn.state is State.BUSY:
+                    log.warning("%s: no reply for %s after %.0f s", self.label,
+                                describe_peer(conn.peer), self.busy_timeout)
+                    conn.state = State.READING
+                    self._refuse(conn, Refusal.ERROR, After.CLOSE, now)
                 else:
-                    self._close(conn)                  # an idle keep-alive connection
-            elif conn.state in (Connection.WRITING, Connection.LINGERING):
-                self._close(conn)
+                    self._close(conn)
+            except Exception:
+                self._contain(conn)
 
     def _close_idle(self) -> None:
         """At shutdown: clients that have not sent anything yet are not kept waiting."""
         for conn in list(self._conns.values()):
-            if conn.state == Connection.READING and not conn.inbuf:
+            if conn.state is State.READING and not conn.inbuf:
                 self._close(conn)
 
     # Control ----------------------------------------------------------------------------
@@ -2093,13 +2330,17 @@ class PooledTCPServer(socketserver.ThreadingTCPServer):
             pass
 
     def shutdown(self) -> None:
+        """Stop serving_forever() and wait until it has returned."""
         self.request_shutdown()
         self._stopped.wait()
 
     def server_close(self) -> None:
+        """Close the listening socket, the wake-up pipe and the worker pool.  Workers still
+        running finish their call (backends have their own time limits); queued calls are
+        dropped."""
         super().server_close()
-        self._pool.shutdown()
-        self._epoll.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         for fd in (self._wake_r, self._wake_w):
             try:
                 os.close(fd)
@@ -2207,11 +2448,15 @@ class FingerHandler(BufferedRequestHandler):
             raise RequestTooLarge()
         return len(buf) if eof and buf else None    # a query ended by half-close
 
+    REFUSALS = {Refusal.TOO_LONG: QUERY_TOO_LONG, Refusal.TIMEOUT: TIMED_OUT,
+                Refusal.BUSY: SERVER_BUSY, Refusal.TOO_MANY: TOO_MANY,
+                Refusal.DENIED: "Access denied", Refusal.ERROR: INTERNAL_ERROR}
+
     @classmethod
     def refusal(cls, reason):
-        text = {"too-long": QUERY_TOO_LONG, "timeout": TIMED_OUT, "busy": SERVER_BUSY,
-                "too-many": TOO_MANY, "denied": "Access denied"}.get(reason, INTERNAL_ERROR)
-        return text.encode() + b"\r\n"
+        """One line in the finger reply's own words; HTTP's finer size limits read as
+        'Query too long'."""
+        return cls.REFUSALS.get(reason, QUERY_TOO_LONG).encode() + b"\r\n"
 
     def handle(self) -> None:
         line = decode_peer(self.rfile.read())
@@ -2312,14 +2557,18 @@ class SetterHandler(BufferedRequestHandler):
             raise RequestTooLarge()
         return len(buf) if eof else None
 
+    REFUSALS = {
+        Refusal.TOO_LONG: "status too long (at most %d bytes)" % MAX_STATUS_BYTES,
+        Refusal.TIMEOUT: "timed out: send the user line, the status, then close your "
+                         "sending side (nc -N)",
+        Refusal.BUSY: SERVER_BUSY.lower(), Refusal.TOO_MANY: TOO_MANY.lower(),
+        Refusal.DENIED: "not allowed from this address",
+        Refusal.ERROR: INTERNAL_ERROR.lower()}
+
     @classmethod
     def refusal(cls, reason):
-        text = {"too-long": "status too long (at most %d bytes)" % MAX_STATUS_BYTES,
-                "timeout": "timed out: send the user line, the status, then close your "
-                           "sending side (nc -N)",
-                "busy": "server busy, try again later",
-                "too-many": "too many connections from your address, try again later",
-                "denied": "not allowed from this address"}.get(reason, "internal error")
+        """'ERROR <reason>', the setter's one-line failure answer."""
+        text = cls.REFUSALS.get(reason, cls.REFUSALS[Refusal.TOO_LONG])
         return b"ERROR " + text.encode() + b"\r\n"
 
     def handle(self) -> None:
@@ -2329,9 +2578,17 @@ class SetterHandler(BufferedRequestHandler):
             self.wfile.write(self.server.outcome(user="?", peer=self.client_address, error=e))
             return
         conn, server, peer = self.request, self.server, self.client_address
-        self.after = "pending"       # answered once the write is durable
-        server.store.set_async(request.user, request.text, lambda error: server.complete(
-            conn, server.outcome(request.user, peer, error)), request.expires_at)
+
+        def finished(error: Optional[FingerdError]) -> None:
+            """The write's outcome, on whichever thread finished it."""
+            try:
+                reply = server.outcome(request.user, peer, error)
+            except Exception:
+                FAULTS.report(server.label, "answering %s", describe_peer(peer))
+                reply = self.refusal(Refusal.ERROR)
+            server.complete(conn, reply)
+        self.after = After.PENDING   # answered once the write is durable
+        server.store.set_async(request.user, request.text, finished, request.expires_at)
 
     def parse(self, data: bytes) -> SetterRequest:
         return parse_setter_request(data)
@@ -2636,10 +2893,29 @@ def rpc_dispatcher(store_of: Callable[[], Store]):
     """getUser, getUsers and the system.* introspection and multicall methods.
 
     xmlrpc.server is imported here, at the first call, not at start-up: it brings pydoc."""
+    from xmlrpc.client import Fault
     from xmlrpc.server import SimpleXMLRPCDispatcher
     dispatcher = SimpleXMLRPCDispatcher(allow_none=False, encoding="utf-8",
                                         use_builtin_types=True)
 
+    def contained(method):
+        """A backend that cannot answer is a Fault saying so; a bug is a Fault saying only
+        'internal error' (counted and logged), never the exception's text."""
+        @functools.wraps(method)
+        def call(*args):
+            try:
+                return method(*args)
+            except StoreUnavailable as e:
+                log.warning("xmlrpc: %s", e)
+                raise Fault(1, UNAVAILABLE)
+            except (TypeError, FingerdError):
+                raise                   # the caller's mistake: the dispatcher words it
+            except Exception:
+                FAULTS.report("xmlrpc", "in %s", method.__name__)
+                raise Fault(1, INTERNAL_ERROR)
+        return call
+
+    @contained
     def get_user(user):
         """getUser(user) -> the user's status, or the finger server's unknown-user text."""
         if not isinstance(user, str):
@@ -2648,6 +2924,7 @@ def rpc_dispatcher(store_of: Callable[[], Store]):
         return NO_SUCH_USER if status is None else "\n".join(
             clean_line(line) for line in status.text.split("\n"))
 
+    @contained
     def get_users():
         """getUsers() -> the sorted list of user names."""
         return store_of().users()
@@ -2690,16 +2967,16 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         line_end = buf.find(b"\n", start)
         if (line_end < 0 and len(buf) - start > MAX_REQUEST_LINE + 1) \
                 or line_end - start > MAX_REQUEST_LINE + 1:
-            raise RequestTooLarge("uri")
+            raise RequestTooLarge(Refusal.URI)
         match = _HEAD_END.search(buf, max(start, line_end - 1)) if line_end >= 0 else None
         if match is None:
             if len(buf) - start > MAX_HEAD:
-                raise RequestTooLarge("headers")
+                raise RequestTooLarge(Refusal.HEADERS)
             return None
         head_end = match.end()
         head = buf[start:head_end]
         if len(head) > MAX_HEAD or head.count(b"\n") > MAX_HEADERS + 2:
-            raise RequestTooLarge("headers")
+            raise RequestTooLarge(Refusal.HEADERS)
         lengths = _CONTENT_LENGTH.findall(head)
         if len(lengths) != 1 or int(lengths[0]) > MAX_RPC_BODY:
             return head_end          # no body to wait for; the handler judges the rest
@@ -2714,10 +2991,14 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             return b"HTTP/1.1 100 Continue\r\n\r\n"
         return b""
 
+    REFUSALS = {Refusal.URI: 414, Refusal.HEADERS: 431, Refusal.BODY: 413,
+                Refusal.TOO_LONG: 413, Refusal.TIMEOUT: 408, Refusal.BUSY: 503,
+                Refusal.TOO_MANY: 429, Refusal.DENIED: 403, Refusal.ERROR: 500}
+
     @classmethod
     def refusal(cls, reason):
-        code = {"uri": 414, "headers": 431, "body": 413, "timeout": 408, "busy": 503,
-                "too-many": 429, "denied": 403, "too-long": 413}.get(reason, 500)
+        """An error page that closes the connection; 429 and 503 say when to retry."""
+        code = cls.REFUSALS[reason]
         return cls.error_response(code, close=True, extra="Retry-After: 5\r\n"
                                   if code in (429, 503) else "")
 
@@ -2760,7 +3041,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
                           extra="Retry-After: 30\r\n")
             finally:
                 _request_context.via = ""
-        self.after = "close" if self.close_connection else "keep"
+        self.after = After.CLOSE if self.close_connection else After.KEEP
 
     def parse_request(self) -> bool:
         """The request line and header fields, strictly (http.server's own pass goes through
@@ -2795,6 +3076,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             self.close_connection = False
         else:
             self.close_connection = version == "HTTP/1.0"
+        if self.final:                   # the connection's last request (max_requests)
+            self.close_connection = True
         if version == "HTTP/1.1" and "Host" not in headers:
             return self.fail(400, "HTTP/1.1 requests need a Host header.")
         return True
@@ -3228,9 +3511,21 @@ class IRCBot:
     def server(self) -> str:
         return format_address(self.host, self.port)
 
+    @property
+    def running(self) -> bool:
+        """The bot's thread is alive, or it was stopped on purpose (or never started)."""
+        thread = self._thread
+        return thread is None or thread.is_alive() or self._stop.is_set()
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="irc", daemon=True)
+        self._thread = threading.Thread(target=self._main, name="irc", daemon=True)
         self._thread.start()
+
+    def _main(self) -> None:
+        try:
+            self._run()
+        except Exception:       # a bug in the reconnect logic: the daemon restarts the bot
+            FAULTS.report("irc", "the bot's thread stopped")
 
     def stop(self, timeout: float = 2.0) -> None:
         self._stop.set()
@@ -3240,15 +3535,23 @@ class IRCBot:
     # The connection loop -----------------------------------------------------------------
 
     def _run(self) -> None:
+        """Sessions until stop(): any end of one (the link, the server, a bug) is followed
+        by a back-off wait and a new connection, never by the end of the thread."""
         while not self._stop.is_set():
             reason = None
             try:
                 self._session()
             except (OSError, FingerdError) as e:
                 reason = str(e) or type(e).__name__
+            except Exception as e:
+                FAULTS.report("irc", "the session with %s ended", self.server)
+                reason = "internal error (%s)" % type(e).__name__
             finally:
                 self.connected.clear()
-                self._close()
+                try:
+                    self._close()
+                except Exception:
+                    FAULTS.report("irc", "closing the connection to %s", self.server)
             if self._stop.is_set():
                 break
             delay = self.backoff.next()
@@ -3310,7 +3613,7 @@ class IRCBot:
                     if discarding or len(line) > IRC_MAX_INCOMING:
                         discarding = False
                         continue
-                    if self._handle(line.rstrip(b"\r").decode("utf-8", "replace")):
+                    if self._handle_contained(line.rstrip(b"\r").decode("utf-8", "replace")):
                         registered = True
             if not registered and now - started > self.register_timeout:
                 raise FingerdError("no welcome from the server in %.0f s" % self.register_timeout)
@@ -3329,6 +3632,17 @@ class IRCBot:
         self._send_now("USER", "fingerd", "0", "*", "fingerd %s status bot" % __version__)
 
     # Messages ----------------------------------------------------------------------------
+
+    def _handle_contained(self, line: str) -> bool:
+        """_handle(line), except that a bug in handling one message is counted and logged,
+        and the session goes on (the link's own failures still end it)."""
+        try:
+            return self._handle(line)
+        except (OSError, FingerdError):
+            raise
+        except (Exception, SystemExit):
+            FAULTS.report("irc", "while handling %r", line[:200])
+            return False
 
     def _handle(self, line: str) -> bool:
         """Act on one line from the server; True when it is the welcome (001)."""
@@ -3408,9 +3722,19 @@ class IRCBot:
             self._answer(target, words[1])
 
     def _answer(self, to: str, user: str) -> None:
+        """Status of USER to `to`.  A backend that fails is a failed answer, said as such;
+        it never touches the IRC connection."""
         if self.metrics is not None:
             self.metrics.inc("fingerd_requests_total", protocol="irc")
-        for line in irc_status_lines(user, self.store.get(user)):
+        try:
+            lines = irc_status_lines(user, self.store.get(user))
+        except StoreUnavailable as e:
+            log.warning("irc: %s", e)
+            lines = [UNAVAILABLE]
+        except Exception:
+            FAULTS.report("irc", "answering for %r", user)
+            lines = [INTERNAL_ERROR]
+        for line in lines:
             self._say("PRIVMSG", to, line)
 
     # Sending -----------------------------------------------------------------------------
@@ -3663,7 +3987,7 @@ def serve_inetd(store: Store, allow_list: bool, log_queries: bool = False,
         try:
             length = FingerHandler.request_length(buf, eof)
         except RequestTooLarge:
-            reply = FingerHandler.refusal("too-long")
+            reply = FingerHandler.refusal(Refusal.TOO_LONG)
             break
         if length is not None:
             line = decode_peer(buf[:length])
@@ -3675,7 +3999,7 @@ def serve_inetd(store: Store, allow_list: bool, log_queries: bool = False,
             return 0                        # connected and left without asking
         left = end - time.monotonic()
         if left <= 0 or not select.select([infd], [], [], left)[0]:
-            reply = FingerHandler.refusal("timeout")
+            reply = FingerHandler.refusal(Refusal.TIMEOUT)
             break
         data = os.read(infd, FingerHandler.recv_size)
         buf += data
@@ -3718,6 +4042,7 @@ class Daemon:
         self.threads: List[threading.Thread] = []
         self.bot: Optional[IRCBot] = None
         self.monitor = Monitor()
+        self._restarts: Dict[str, List[float]] = {}     # label -> monotonic restart times
 
     def start(self) -> None:
         args = self.args
@@ -3773,10 +4098,7 @@ class Daemon:
                 server.monitor = self.monitor
             server.limiter = ClientLimiter(args.max_conns_per_ip, args.rate,
                                            args.limit_loopback)
-            thread = threading.Thread(target=server.serve_forever, args=(0.25,),
-                                      name=server.label + "-loop", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            self.threads.append(self._start_loop(server))
         if args.irc:
             self.bot = IRCBot(self.store, *args.irc, nick=args.irc_nick,
                               channels=args.irc_channel, tls=args.irc_tls,
@@ -3786,11 +4108,44 @@ class Daemon:
             self.bot.start()
         log.info("fingerd %s serving with the %s backend", __version__, self.store.name)
 
+    @staticmethod
+    def _start_loop(server: PooledTCPServer) -> threading.Thread:
+        thread = threading.Thread(target=server.serve_forever, args=(0.25,),
+                                  name=server.label + "-loop", daemon=True)
+        thread.start()
+        return thread
+
+    RESTARTS = 3              # a loop that dies this often within RESTART_WINDOW is given up
+    RESTART_WINDOW = 60.0     # seconds
+
+    def supervise(self) -> Optional[str]:
+        """Called about once a second: restart any listener loop that died (from its
+        still-open listening socket) and the IRC bot's thread if it ended.  Returns why
+        the daemon must exit instead (a loop that keeps dying, a store that cannot write),
+        else None.  A restart is logged at error priority and counted in FAULTS."""
+        now = time.monotonic()
+        for i, (server, thread) in enumerate(zip(self.servers, self.threads)):
+            if thread.is_alive() or server.loop_error is None:
+                continue
+            times = [t for t in self._restarts.get(server.label, ())
+                     if now - t < self.RESTART_WINDOW]
+            if len(times) >= self.RESTARTS:
+                return "the %s loop died %d times within %.0f s (last: %s)" % (
+                    server.label, len(times) + 1, self.RESTART_WINDOW, server.loop_error)
+            self._restarts[server.label] = times + [now]
+            log.error("restarting the %s loop, which died: %s", server.label, server.loop_error)
+            self.threads[i] = self._start_loop(server)
+        bot = self.bot
+        if bot is not None and not bot.running:
+            log.error("restarting the IRC bot, whose thread ended")
+            bot.start()
+        return self.store.problem() if self.store is not None else None
+
     @property
     def healthy(self) -> bool:
         """Every listener's loop still turns (what the watchdog vouches for)."""
         now = time.monotonic()
-        return all(not server.loop_stalled(now, Monitor.STALL) for server in self.servers)
+        return all(not server.loop_problem(now, Monitor.STALL) for server in self.servers)
 
     def status_line(self) -> str:
         return "serving %s with the %s backend" % (
@@ -4116,24 +4471,35 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("fingerd: %s" % e, file=sys.stderr)
         return 1
     notifier.send("READY=1", "STATUS=" + daemon.status_line())
-    tick = notifier.watchdog or 1.0
+    tick = min(notifier.watchdog or 1.0, 1.0)
+    fatal = None
     while True:
         wake.wait(tick)
         wake.clear()
         stopping = [s for s in signals if s != signal.SIGHUP]
         if stopping:
             break
-        if signals:
-            del signals[:]
-            daemon.reload()
-            notifier.send("STATUS=reloaded; " + daemon.status_line())
+        try:
+            if signals:
+                del signals[:]
+                daemon.reload()
+                notifier.send("STATUS=reloaded; " + daemon.status_line())
+            fatal = daemon.supervise()
+        except Exception:
+            FAULTS.report("daemon", "while supervising")
+        if fatal:
+            break
         if notifier.watchdog and daemon.healthy:     # a hung loop stops the pings
             notifier.send("WATCHDOG=1")
-    log.info("stopping (%s)", signal.Signals(stopping[0]).name)
+    if fatal:
+        log.critical("exiting: %s", fatal)
+        notifier.send("STATUS=exiting: " + fatal)
+    else:
+        log.info("stopping (%s)", signal.Signals(stopping[0]).name)
     notifier.send("STOPPING=1", "STATUS=stopping: finishing replies in flight")
     daemon.stop()
     log.info("stopped")
-    return 0
+    return 1 if fatal else 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ def main() -> int:
                                      failfast=args.failfast)
     result = runner.run(suite)
     failed = len(result.failures) + len(result.errors) + len(result.unexpectedSuccesses)
+    support = sys.modules.get("support")
+    if support is not None and support.THREAD_DEATHS:
+        print("threads that died of an exception (a loop let a failure escape):")
+        for death in support.THREAD_DEATHS:
+            print("  " + death)
+        failed += 1
     skipped = len(result.skipped)
     passed = result.testsRun - failed - skipped
     if result.skipped:

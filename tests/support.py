@@ -36,6 +36,20 @@ fingerd = sys.modules.get("fingerd") or _load_fingerd()
 # Library logging stays quiet in test output; assertLogs still sees every record.
 fingerd.log.addHandler(logging.NullHandler())
 
+# No traceback may escape a thread in any test: fingerd contains every failure in its loops.
+# A thread that dies of an exception is recorded here, and `python3 -m tests` fails the run.
+THREAD_DEATHS = []
+_default_excepthook = threading.excepthook
+
+
+def _record_thread_death(args):
+    name = args.thread.name if args.thread is not None else "?"
+    THREAD_DEATHS.append("%s: %s: %s" % (name, args.exc_type.__name__, args.exc_value))
+    _default_excepthook(args)
+
+
+threading.excepthook = _record_thread_death
+
 
 def command(*args):
     """The argv that runs fingerd with args (python3 FILE for a .py, else the program)."""

@@ -371,7 +371,7 @@ class HealthTest(unittest.TestCase):
         conn.request("GET", "/healthz")
         response = conn.getresponse()
         self.assertEqual((response.status, response.read()),
-                         (503, b"the finger listener is not serving\n"))
+                         (503, b"the finger listener's loop is not running\n"))
 
 
 class JSONAndWebFingerTest(unittest.TestCase):

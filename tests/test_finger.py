@@ -249,7 +249,6 @@ class WorkerPoolTest(unittest.TestCase):
         store._data = {"alice": Status("Happy and well", 1.0)}
         server = fingerd.FingerServer(("127.0.0.1", 0), store)
         server.max_workers = 4
-        server._pool.size = 4
         serve(self, server)
         results = []
         threads = [threading.Thread(target=lambda: results.append(query(server.port,

@@ -139,7 +139,8 @@ class FuzzTest(unittest.TestCase):
             try:
                 length = fingerd.WebHandler.request_length(data, True)
             except fingerd.RequestTooLarge as e:
-                self.assertIn(str(e), ("uri", "headers", "body"))
+                self.assertIn(e.reason, (fingerd.Refusal.URI, fingerd.Refusal.HEADERS,
+                                         fingerd.Refusal.BODY))
                 continue
             if length is None:
                 continue
@@ -148,7 +149,7 @@ class FuzzTest(unittest.TestCase):
             conn.request = data[:length]
             reply, after = server._run_handler(conn)
             self.assertEqual(errors, [], data)
-            self.assertIn(after, ("keep", "close"), data)
+            self.assertIn(after, (fingerd.After.KEEP, fingerd.After.CLOSE), data)
             head, _, body = reply.partition(b"\r\n\r\n")
             self.assertRegex(head, rb"^HTTP/1\.1 [1-5]\d\d ", data)
             match = re.search(rb"\r\nContent-Length: (\d+)", head)

@@ -390,7 +390,7 @@ class LimitTest(unittest.TestCase):
                                         clock=lambda: now[0])
         self.assertIsNone(limiter.admit(("2001:db8::1", 1)))
         self.assertIsNone(limiter.admit(("2001:db8::2", 1)))
-        self.assertEqual(limiter.admit(("2001:db8::3", 1)), "too-many")     # same /64
+        self.assertEqual(limiter.admit(("2001:db8::3", 1)), fingerd.Refusal.TOO_MANY)  # /64
         self.assertIsNone(limiter.admit(("2001:db8:0:1::1", 1)))           # another /64
         self.assertIsNone(limiter.admit(("127.0.0.1", 1)))                  # exempt
         limiter.release(("2001:db8::1", 1))
