@@ -1975,7 +1975,7 @@ class PooledTCPServer(socketserver.TCPServer):
                 conn.queued = False
                 if conns.get(conn.fd) is conn and conn.state is State.READING:
                     try:
-                        self._serve(conn, now)
+                        self._serve_or_watch(conn, now)
                     except Exception:
                         self._contain(conn)
             if now >= next_sweep:
@@ -2039,7 +2039,9 @@ class PooledTCPServer(socketserver.TCPServer):
                     sock.close()
 
     def _read(self, conn: Connection, now: float) -> None:
-        """Take what the socket has (data, then FIN, read together), then serve it."""
+        """Take what the socket has and serve it; a request is served as soon as it is
+        whole, without a further recv() to learn that nothing more came (what arrives
+        together, data then FIN, is still read together)."""
         size = self.RequestHandlerClass.recv_size
         for _ in range(4):
             try:
@@ -2054,38 +2056,40 @@ class PooledTCPServer(socketserver.TCPServer):
                     self._close(conn)
                     return
                 continue
-            if not data:
+            if data:
+                if not conn.inbuf and conn.served:
+                    conn.deadline = now + self.deadline     # the next request has begun
+                conn.inbuf += data
+            else:
                 conn.eof = True
-                break
-            if not conn.inbuf and conn.served:
-                conn.deadline = now + self.deadline     # the next request has begun
-            conn.inbuf += data
-        if conn.state is State.LINGERING:
-            self._watch(conn, EVENT_READ)
-        elif conn.state is State.READING and not conn.queued:
-            self._serve(conn, now)
+            if not self._serve(conn, now):
+                return                  # answered, held, queued, lingering or closed
+            if conn.eof:
+                return
+        self._watch(conn, EVENT_READ)
 
-    def _serve(self, conn: Connection, now: float) -> None:
+    def _serve(self, conn: Connection, now: float) -> bool:
         """Answer the complete requests buffered on conn, at most fair_share this turn.
 
         A loop, not recursion: a burst of 10,000 pipelined requests never deepens the stack.
-        Ends with the connection watched for what it waits for next, held for a worker,
-        queued for the next turn, lingering or closed."""
+        Returns True when part of a request is buffered and more is needed (the caller reads
+        on, or watches for it); otherwise the connection is idle and watched for its next
+        request, held for a worker, queued for the next turn, writing, lingering or closed."""
         handler = self.RequestHandlerClass
         for _ in range(self.fair_share):
             if not conn.inbuf and not conn.eof:
-                self._watch(conn, EVENT_READ)            # the usual case: wait for more
-                return
+                self._watch(conn, EVENT_READ)     # the usual case: wait for the next request
+                return False
             try:
                 length = handler.request_length(conn.inbuf, conn.eof)
             except RequestTooLarge as e:
                 conn.inbuf = b""
                 self._refuse(conn, e.reason, After.LINGER, now)
-                return
+                return False
             if length is None:
                 if conn.eof:                 # the peer left before finishing a request
                     self._close(conn)
-                    return
+                    return False
                 if handler.interim is not None and not conn.interim_sent:
                     note = handler.interim(conn.inbuf)    # e.g. HTTP's "100 Continue"
                     if note:
@@ -2094,25 +2098,29 @@ class PooledTCPServer(socketserver.TCPServer):
                             conn.sock.send(note, socket.MSG_DONTWAIT)
                         except OSError:
                             pass
-                self._watch(conn, EVENT_READ)
-                return
+                return True
             conn.interim_sent = False
             conn.request, conn.inbuf = conn.inbuf[:length], conn.inbuf[length:]
             conn.served += 1
             if not self.inline:
                 self._hold(conn, now)
                 self._submit(conn)
-                return
+                return False
             reply, after = self._run_handler(conn)
             if after is After.PENDING:
                 self._hold(conn, now)
-                return
+                return False
             if not (self._send_reply(conn, reply, after, now) and self._next(conn, now)):
-                return
+                return False
         # Its share is used up and input is still buffered: the others go first.
         self._watch(conn, 0)
         conn.queued = True
         self._ready.append(conn)
+        return False
+
+    def _serve_or_watch(self, conn: Connection, now: float) -> None:
+        if self._serve(conn, now):
+            self._watch(conn, EVENT_READ)
 
     def _hold(self, conn: Connection, now: float) -> None:
         """Park a connection while its reply is being made elsewhere."""
@@ -2184,7 +2192,7 @@ class PooledTCPServer(socketserver.TCPServer):
             try:
                 conn.state = State.READING
                 if self._send_reply(conn, reply, after, now) and self._next(conn, now):
-                    self._serve(conn, now)
+                    self._serve_or_watch(conn, now)
             except Exception:
                 self._contain(conn)
 
@@ -2220,7 +2228,7 @@ class PooledTCPServer(socketserver.TCPServer):
         if not conn.outbuf:
             conn.state = State.READING
             if self._next(conn, now):
-                self._serve(conn, now)
+                self._serve_or_watch(conn, now)
 
     def _next(self, conn: Connection, now: float) -> bool:
         """The reply is out.  True when the connection goes on to its next request; else it
@@ -2478,17 +2486,31 @@ class FingerServer(PooledTCPServer):
         self.store = store
         self.allow_list = allow_list
         self.inline = not store.blocking
-        self._list_cache: Tuple[int, bytes] = (-1, b"")
+        self._answers: Dict[str, bytes] = {}      # query line -> reply, for _answers_version
+        self._answers_version = -1
+
+    max_cached_answers = 1024
 
     def answer(self, line: str) -> bytes:
-        if not line.split() and self.allow_list and not self.store.blocking:
-            version, reply = self._list_cache      # 1,000 users are not re-listed per query
-            if version != self.store.version:
-                version = self.store.version
-                reply = answer_finger(self.store, line, True)
-                self._list_cache = (version, reply)
-            return reply
-        return answer_finger(self.store, line, self.allow_list)
+        """The reply to one query line.  While the store is unchanged, replies that do not
+        depend on the time (all but /W, which says how long ago a status was set) are
+        kept: the user list of 1,000 users, or a popular user, is not rendered per query."""
+        store = self.store
+        if store.blocking:
+            return answer_finger(store, line, self.allow_list)
+        version = store.version
+        if version != self._answers_version:
+            self._answers, self._answers_version = {}, version
+        reply = self._answers.get(line)
+        if reply is None:
+            reply = answer_finger(store, line, self.allow_list)
+            words = line.split(None, 1)
+            if not (words and words[0].upper() == "/W") and not reply.startswith(
+                    UNAVAILABLE.encode()):
+                if len(self._answers) >= self.max_cached_answers:
+                    self._answers = {}
+                self._answers[line] = reply
+        return reply
 
 
 # -- Setter -------------------------------------------------------------------------------
@@ -2874,19 +2896,23 @@ def render_feed(changes: Sequence[Tuple[str, Optional[Status], float]], base: st
 
 
 class Page(NamedTuple):
-    """A rendered response body with the validators that make 304 answers possible."""
+    """A rendered response body with the validators that make 304 answers possible;
+    `validators` is their header lines, formatted once (RFC 9110 §8.8)."""
     body: bytes
     etag: str
     last_modified: float
     content_type: str = "text/html; charset=utf-8"
+    validators: str = ""
 
 
 def make_page(text: str, last_modified: float,
               content_type: str = "text/html; charset=utf-8") -> Page:
     body = text.encode("utf-8")
     # A strong validator from the content: equal bodies, equal tags, across restarts too.
-    return Page(body, '"%x-%08x"' % (len(body), zlib.crc32(body)), last_modified,
-                content_type)
+    etag = '"%x-%08x"' % (len(body), zlib.crc32(body))
+    return Page(body, etag, last_modified, content_type,
+                "ETag: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n"
+                % (etag, http_date(last_modified)))
 
 
 def rpc_dispatcher(store_of: Callable[[], Store]):
@@ -3111,11 +3137,10 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     def send_page(self, page: Page) -> None:
         """200 with validators, or 304 when the client's copy is current."""
-        extra = "ETag: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n" % (
-            page.etag, http_date(page.last_modified))
         code = 304 if self.not_modified(page) else 200
         self.send(self.response_bytes(code, page.body, page.content_type,
-                                      self.close_connection, self.command == "HEAD", extra), code)
+                                      self.close_connection, self.command == "HEAD",
+                                      page.validators), code)
 
     def not_modified(self, page: Page) -> bool:
         match = self.headers.get("If-None-Match")

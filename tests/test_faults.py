@@ -25,11 +25,19 @@ FAILURES = (RuntimeError, RecursionError, MemoryError, fingerd.StoreUnavailable)
 class FaultyStore(fingerd.MemoryStore):
     """A memory store whose reads and writes raise `self.failure` while it is set."""
 
-    failure = None
-
     def __init__(self):
         super().__init__()
         self._data = {"alice": Status("Happy and well", 1_700_000_000.0)}
+        self._failure = None
+
+    @property
+    def failure(self):
+        return self._failure
+
+    @failure.setter
+    def failure(self, value):
+        self._failure = value
+        self.version += 1          # a change: answers cached for the old version go
 
     def _fail(self):
         if self.failure is not None:
@@ -160,6 +168,7 @@ class PhaseFailureTest(unittest.TestCase):
         for target, name in phases:
             for failure in FAILURES[:3]:
                 with self.subTest(phase=name, failure=failure.__name__):
+                    self.store.version += 1          # no cached answer: every phase runs
                     with mock.patch.object(target, name, side_effect=failure("bug")), \
                             Quiet(self):
                         self.assertEqual(query(server.port, b"alice\r\n"),

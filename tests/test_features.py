@@ -320,8 +320,8 @@ class MonitoringTest(unittest.TestCase):
                          "text/plain; version=0.0.4; charset=utf-8")
         before = parse_prometheus(body)
         finger = self.daemon.ports["finger"]
-        for _ in range(3):
-            query(finger, b"alice\r\n")
+        for name in (b"alice", b"bob", b"carol"):       # three reads of the backend
+            query(finger, name + b"\r\n")
         query(finger, b"x" * 3000)                          # refused: too long
         set_status(self.daemon.ports["setter"], "alice", "Counted")
         set_status(self.daemon.ports["setter"], "-bad", "Refused")
