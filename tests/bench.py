@@ -7,7 +7,9 @@
 
 --own prints: start-up time to the first finger answer, finger q/s at 1 and 32 clients with
 p50/p99, server CPU per query, RSS after the load, setter writes/s at 32 clients on sqlite
-(durable), and with 500 idle connections open: RSS, thread count and one query's answer time.
+(durable), with 500 idle connections open: RSS, thread count and one query's answer time, and
+1,000 HTTP requests pipelined in one write: how long they take, and the latency of other
+clients' requests meanwhile (fairness between connections).
 Everything runs on 127.0.0.1 and stops by itself (bounded by --duration per load).
 """
 import argparse
@@ -129,11 +131,43 @@ def run_load(port, proto, concurrency, duration):
             "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
 
 
-def start_fingerd(workdir, *args):
+def pipelined(http_port, count=1000):
+    """One client sends `count` GET /alice in one write and reads them all while another
+    client sends single requests: (seconds for the burst, the other's p50 and max ms)."""
+    request = b"GET /alice HTTP/1.1\r\nHost: bench\r\n\r\n"
+    burst = socket.create_connection(("127.0.0.1", http_port), timeout=30)
+    t0 = time.perf_counter()
+    burst.sendall(request * count)
+    others = []
+    burst.setblocking(False)
+    received = b""
+    while received.count(b"HTTP/1.1 200") < count and time.perf_counter() - t0 < 30:
+        s0 = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", http_port), timeout=10) as other:
+            other.sendall(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+            while other.recv(65536):
+                pass
+        others.append((time.perf_counter() - s0) * 1e3)
+        try:
+            while True:
+                data = burst.recv(1 << 20)
+                if not data:
+                    break
+                received += data
+        except BlockingIOError:
+            pass
+    elapsed = time.perf_counter() - t0
+    burst.close()
+    others.sort()
+    return elapsed, others[len(others) // 2], others[-1], received.count(b"HTTP/1.1 200")
+
+
+def start_fingerd(workdir, *args, http_port=None):
     fport, sport = free_port(), free_port()
     argv = [sys.executable, os.path.join(ROOT, "fingerd.py"), *args,
             "--finger", "127.0.0.1:%d" % fport, "--setter", "127.0.0.1:%d" % sport,
-            "--http", "off", "--log-level", "warning"]
+            "--http", "127.0.0.1:%d" % http_port if http_port else "off",
+            "--log-level", "warning"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL)
     while time.perf_counter() - t0 < 20:
@@ -160,7 +194,9 @@ def own(args):
         for i in range(1000):
             f.write("user%d: status of user %d\n" % (i, i))
     rows = []
-    proc, fport, _, startup = start_fingerd(workdir, "--backend", "file", "--users-file", users)
+    http_port = free_port()
+    proc, fport, _, startup = start_fingerd(workdir, "--backend", "file", "--users-file", users,
+                                            http_port=http_port)
     try:
         rows.append(("start-up to first finger answer, ms", "%.0f" % (startup * 1e3)))
         for conc in (1, 32):
@@ -184,6 +220,9 @@ def own(args):
             proc_value(proc.pid, "VmRSS") / 1024)))
         for s in idle:
             s.close()
+        elapsed, p50, worst, answered = pipelined(http_port)
+        rows.append(("1,000 pipelined HTTP requests: ms (answered) / others p50, max ms",
+                     "%.0f (%d) / %.2f, %.2f" % (elapsed * 1e3, answered, p50, worst)))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
