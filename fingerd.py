@@ -36,6 +36,7 @@ Standard library only, Python 3.9+.  Copy this one file anywhere and run it.
 import argparse
 import base64
 import bisect
+import datetime
 import email.utils
 import enum
 import errno
@@ -2743,6 +2744,15 @@ HTTP_IDLE_TIMEOUT = 15.0              # keep-alive connections idle this long ar
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r?$")
+_FRAMING_FIELD = re.compile(rb"(?im)^(?:content-length|transfer-encoding)[ \t]*:")
+# A request line as RFC 9112 §3 has it; any other line is refused as it stands, at once,
+# since no header block may follow it (HTTP/0.9, TLS sent to the plain port, garbage).
+_REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \x00-\x1f\x7f]+ HTTP/[0-9]\.[0-9]\r?\n\Z")
+_ASCTIME = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} "
+                      r"[0-9]{4}\Z")
+# RFC 9110 §9: the methods HTTP defines; any other is 501, one a resource does not take 405.
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+                           "TRACE", "PATCH"))
 _EXPECT_CONTINUE = re.compile(rb"(?im)^expect[ \t]*:[ \t]*100-continue[ \t]*\r?$")
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
 
@@ -2975,6 +2985,25 @@ def http_date(epoch: Optional[float] = None) -> str:
     return _date_cache[1]
 
 
+def http_date_seconds(text: str) -> Optional[float]:
+    """An HTTP date as epoch seconds, or None when it is not one (RFC 9110 §5.6.7: the
+    IMF-fixdate, RFC 850 and asctime forms, all GMT whatever the host's TZ; a date with
+    another zone is not an HTTP date)."""
+    text = text.strip(" \t")
+    if not (text.endswith(" GMT") or _ASCTIME.match(text)):
+        return None
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:              # asctime, or '-0000': GMT by definition
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    try:
+        return when.timestamp()
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
 class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive: the pages, and XML-RPC at /RPC2 (POST only).
 
@@ -2994,6 +3023,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if (line_end < 0 and len(buf) - start > MAX_REQUEST_LINE + 1) \
                 or line_end - start > MAX_REQUEST_LINE + 1:
             raise RequestTooLarge(Refusal.URI)
+        if line_end >= 0 and not _REQUEST_LINE.match(buf, start, line_end + 1):
+            return line_end + 1      # not a request line: refused without waiting for more
         match = _HEAD_END.search(buf, max(start, line_end - 1)) if line_end >= 0 else None
         if match is None:
             if len(buf) - start > MAX_HEAD:
@@ -3004,8 +3035,11 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if len(head) > MAX_HEAD or head.count(b"\n") > MAX_HEADERS + 2:
             raise RequestTooLarge(Refusal.HEADERS)
         lengths = _CONTENT_LENGTH.findall(head)
-        if len(lengths) != 1 or int(lengths[0]) > MAX_RPC_BODY:
-            return head_end          # no body to wait for; the handler judges the rest
+        if len(lengths) != 1 or int(lengths[0]) > MAX_RPC_BODY \
+                or len(_FRAMING_FIELD.findall(head)) != 1:
+            # No body, or framing the handler refuses (Transfer-Encoding, several or invalid
+            # lengths, too long): it answers and closes, and what follows is never parsed.
+            return head_end
         end = head_end + int(lengths[0])
         return end if len(buf) >= end else None
 
@@ -3042,10 +3076,14 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     def response_bytes(cls, code: int, body: bytes, content_type: str, close: bool = False,
                        head_only: bool = False, extra: str = "") -> bytes:
         reason = http.server.BaseHTTPRequestHandler.responses.get(code, ("",))[0]
+        if code == 204:                  # no content, and no Content-Length (RFC 9110 §8.6)
+            return ("HTTP/1.1 204 %s\r\nDate: %s\r\nServer: %s\r\n%sConnection: %s\r\n\r\n"
+                    % (reason, http_date(), cls.server_version, extra,
+                       "close" if close else "keep-alive")).encode("latin-1")
         head = ("HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s"
-                "Content-Type: %s\r\nContent-Length: %d\r\n%s\r\n"
+                "Content-Type: %s\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n"
                 % (code, reason, http_date(), cls.server_version, SECURITY_HEADERS, extra,
-                   content_type, len(body), "Connection: close\r\n" if close else ""))
+                   content_type, len(body), "close" if close else "keep-alive"))
         return head.encode("latin-1") + (b"" if head_only or code == 304 else body)
 
     # Request parsing -----------------------------------------------------------------------
@@ -3071,9 +3109,20 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     def parse_request(self) -> bool:
         """The request line and header fields, strictly (http.server's own pass goes through
-        the email parser and costs more than the rest of a request)."""
-        line = self.raw_requestline.decode("latin-1").rstrip("\r\n")
+        the email parser and costs more than the rest of a request).
+
+        RFC 9112: a request whose framing could be read two ways is refused and the
+        connection closed (every 400 closes): Transfer-Encoding (a chunked body is 411,
+        another coding 501, either with Content-Length 400), several or invalid
+        Content-Length values, whitespace before a colon, obsolete line folding, NUL or a
+        bare CR (§2.2, §5.1, §5.2, §6.1, §6.3); a missing (HTTP/1.1) or repeated Host
+        (RFC 9112 §3.2).  Persistence follows §9.3: HTTP/1.1 unless 'close', HTTP/1.0 only
+        with 'keep-alive'; every response says which (Connection: keep-alive or close)."""
+        line = self.raw_requestline.decode("latin-1")
+        line = line[:-2] if line.endswith("\r\n") else line.rstrip("\n")
         self.requestline = line
+        if "\r" in line or "\0" in line:
+            return self.fail(400, "The request line holds a bare CR or a NUL.")
         words = line.split(" ")
         if len(words) != 3 or not words[0] or not words[1]:
             return self.fail(400, "The request line is not METHOD TARGET HTTP/1.x.")
@@ -3090,22 +3139,48 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             raw = self.rfile.readline(MAX_HEAD + 1)
             if raw in (b"\r\n", b"\n", b""):
                 break
-            name, colon, value = raw.decode("latin-1").partition(":")
+            field = raw.decode("latin-1")
+            field = field[:-2] if field.endswith("\r\n") else field.rstrip("\n")
+            name, colon, value = field.partition(":")
             if not colon or not _TOKEN.match(name):     # also refuses obsolete line folding
                 return self.fail(400, "Bad header field.")
-            headers[name] = value.strip(" \t\r\n")
+            if "\r" in value or "\0" in value:
+                return self.fail(400, "A header field holds a bare CR or a NUL.")
+            headers[name] = value.strip(" \t")
         self.headers = headers
-        connection = headers.get("Connection", "").lower()
-        if "close" in connection:
-            self.close_connection = True
-        elif "keep-alive" in connection:
-            self.close_connection = False
+        tokens = {t.strip().lower() for t in ",".join(headers.get_all("Connection") or ())
+                  .split(",")}
+        if version == "HTTP/1.1":
+            self.close_connection = "close" in tokens
         else:
-            self.close_connection = version == "HTTP/1.0"
+            self.close_connection = "keep-alive" not in tokens or "close" in tokens
         if self.final:                   # the connection's last request (max_requests)
             self.close_connection = True
-        if version == "HTTP/1.1" and "Host" not in headers:
+        hosts = headers.get_all("Host") or []
+        if len(hosts) > 1:
+            return self.fail(400, "A request has one Host header.")
+        if version == "HTTP/1.1" and not hosts:
             return self.fail(400, "HTTP/1.1 requests need a Host header.")
+        codings = headers.get_all("Transfer-Encoding")
+        lengths = headers.get_all("Content-Length")
+        if codings:
+            if lengths:
+                return self.fail(400, "Transfer-Encoding and Content-Length together.")
+            # Only SP and HTAB are whitespace here (gunicorn #3364: str.strip() also took
+            # \x0b, \x1c or \xa0 and so read "\x0bchunked" as chunked); empty elements
+            # are ignored (RFC 9110 §5.6.1).
+            items = [c.strip(" \t").lower() for c in ",".join(codings).split(",")]
+            items = [c for c in items if c]
+            if not items or items[-1] != "chunked":
+                return self.fail(501, "Transfer codings other than chunked are not "
+                                      "implemented.", close=True)
+            return self.fail(411, "Chunked bodies are not accepted: send a Content-Length.",
+                             close=True)
+        if lengths and (len(lengths) != 1 or not lengths[0].isdigit()
+                        or not lengths[0].isascii()):
+            return self.fail(400, "Bad Content-Length.")
+        if lengths and int(lengths[0]) > MAX_RPC_BODY:
+            return self.fail(413, "Request bodies are limited to %d bytes." % MAX_RPC_BODY)
         return True
 
     # Replies -----------------------------------------------------------------------------
@@ -3148,18 +3223,43 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             tags = [t.strip() for t in match.split(",")]
             return "*" in tags or page.etag in tags or "W/" + page.etag in tags
         since = self.headers.get("If-Modified-Since")
-        if since and page.last_modified:
-            try:
-                when = email.utils.parsedate_to_datetime(since).timestamp()
-            except (TypeError, ValueError, IndexError, OverflowError):
-                return False
-            return int(page.last_modified) <= when
+        if since and page.last_modified and self.command in ("GET", "HEAD"):
+            when = http_date_seconds(since)
+            return when is not None and int(page.last_modified) <= when
         return False
 
     # Routing -----------------------------------------------------------------------------
 
+    PAGE_METHODS = "GET, HEAD, OPTIONS"
+    RPC_METHODS = "POST, OPTIONS"
+
+    def allowed(self, allow: str) -> bool:
+        """True when the method is one `allow` lists (OPTIONS is answered here: 204 with
+        Allow); else answer 405 with Allow (RFC 9110 §15.5.6), or 501 for a method HTTP
+        does not define (§15.6.2), and False."""
+        method = self.command
+        if method == "OPTIONS":
+            self.send(self.response_bytes(204, b"", "text/plain; charset=utf-8",
+                                          self.close_connection, extra="Allow: %s\r\n"
+                                          % allow), 204)
+            return False
+        if method in allow.split(", "):
+            return True
+        if method in KNOWN_METHODS:
+            self.fail(405, "This resource takes %s." % allow, extra="Allow: %s\r\n" % allow)
+        else:
+            self.fail(501, "The method %s is not implemented here." % method,
+                      extra="Allow: %s\r\n" % allow)
+        return False
+
     def route(self) -> None:
         target = self.path
+        if target == "*":                                 # OPTIONS * (RFC 9110 §9.3.7)
+            if self.command == "OPTIONS":
+                self.allowed("GET, HEAD, POST, OPTIONS")
+            else:
+                self.fail(400, "Only OPTIONS takes the target *.")
+            return
         if target.startswith(("http://", "https://")):     # absolute-form (RFC 7230 §5.3.2)
             target = urllib.parse.urlsplit(target).path or "/"
         path = target.partition("?")[0].partition("#")[0]
@@ -3175,15 +3275,10 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             self.fail(400, "The path has control characters.")
             return
         if path == "/RPC2":
-            if self.command == "POST":
+            if self.allowed(self.RPC_METHODS):
                 self.xmlrpc()
-            else:
-                self.fail(405, "XML-RPC takes POST.", extra="Allow: POST\r\n")
             return
-        if self.command not in ("GET", "HEAD"):
-            code = 405 if self.command in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS") \
-                else 501
-            self.fail(code, "This page takes GET and HEAD.", extra="Allow: GET, HEAD\r\n")
+        if not self.allowed(self.PAGE_METHODS):
             return
         if path == "/healthz":
             ok, reason = self.server.monitor.health()

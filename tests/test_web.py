@@ -325,7 +325,7 @@ class LimitsTest(WebTestCase):
         self.assertEqual(self.get("/alice", method="DELETE")[0].status, 405)
         response = self.get("/RPC2")[0]
         self.assertEqual(response.status, 405)
-        self.assertEqual(response.getheader("Allow"), "POST")
+        self.assertEqual(response.getheader("Allow"), "POST, OPTIONS")
         self.assertEqual(self.get("/", method="BREW")[0].status, 501)
 
     def rpc_post(self, body, extra=b""):
