@@ -3135,6 +3135,9 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if not _TOKEN.match(self.command):
             return self.fail(400, "Bad method.")
         headers = http.client.HTTPMessage()
+        connection: List[str] = []
+        framing: Dict[str, List[str]] = {"host": [], "transfer-encoding": [],
+                                         "content-length": [], "connection": connection}
         while True:
             raw = self.rfile.readline(MAX_HEAD + 1)
             if raw in (b"\r\n", b"\n", b""):
@@ -3146,23 +3149,25 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
                 return self.fail(400, "Bad header field.")
             if "\r" in value or "\0" in value:
                 return self.fail(400, "A header field holds a bare CR or a NUL.")
-            headers[name] = value.strip(" \t")
+            value = value.strip(" \t")
+            headers[name] = value
+            seen = framing.get(name.lower())
+            if seen is not None:
+                seen.append(value)
         self.headers = headers
-        tokens = {t.strip().lower() for t in ",".join(headers.get_all("Connection") or ())
-                  .split(",")}
+        tokens = {t.strip(" \t").lower() for t in ",".join(connection).split(",")}
         if version == "HTTP/1.1":
             self.close_connection = "close" in tokens
         else:
             self.close_connection = "keep-alive" not in tokens or "close" in tokens
         if self.final:                   # the connection's last request (max_requests)
             self.close_connection = True
-        hosts = headers.get_all("Host") or []
+        hosts = framing["host"]
         if len(hosts) > 1:
             return self.fail(400, "A request has one Host header.")
         if version == "HTTP/1.1" and not hosts:
             return self.fail(400, "HTTP/1.1 requests need a Host header.")
-        codings = headers.get_all("Transfer-Encoding")
-        lengths = headers.get_all("Content-Length")
+        codings, lengths = framing["transfer-encoding"], framing["content-length"]
         if codings:
             if lengths:
                 return self.fail(400, "Transfer-Encoding and Content-Length together.")
