@@ -3184,7 +3184,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if lengths and (len(lengths) != 1 or not lengths[0].isdigit()
                         or not lengths[0].isascii()):
             return self.fail(400, "Bad Content-Length.")
-        if lengths and int(lengths[0]) > MAX_RPC_BODY:
+        self.body_length = int(lengths[0]) if lengths else None
+        if self.body_length is not None and self.body_length > MAX_RPC_BODY:
             return self.fail(413, "Request bodies are limited to %d bytes." % MAX_RPC_BODY)
         return True
 
@@ -3350,20 +3351,11 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
                                       self.command == "HEAD", cors), 200)
 
     def xmlrpc(self) -> None:
+        """POST /RPC2: the body (framed and checked by parse_request) to the dispatcher."""
         headers = self.headers
-        if "Transfer-Encoding" in headers:
-            self.fail(411, "Send a Content-Length; chunked bodies are not accepted.")
-            return
-        lengths = headers.get_all("Content-Length") or []
-        if not lengths:
+        length = self.body_length
+        if length is None:
             self.fail(411, "POST needs a Content-Length.")
-            return
-        if len(set(lengths)) != 1 or not lengths[0].isdigit():
-            self.fail(400, "Bad Content-Length.")
-            return
-        length = int(lengths[0])
-        if length > MAX_RPC_BODY:
-            self.fail(413, "XML-RPC calls are limited to %d bytes." % MAX_RPC_BODY)
             return
         encoding = headers.get("Content-Encoding", "identity").strip().lower()
         if encoding != "identity":
