@@ -2807,8 +2807,9 @@ def user_link(name: str) -> str:
 
 
 def status_html(text: str) -> str:
-    """A status as HTML text: every line filtered, then escaped; the lines kept by CSS."""
-    return html.escape("\n".join(clean_line(line) for line in text.split("\n")))
+    """A status as HTML text: every line filtered, then escaped, and the lines joined by
+    <br> (not only kept by CSS, so that text browsers and readers without CSS keep them)."""
+    return "<br>".join(html.escape(clean_line(line)) for line in text.split("\n"))
 
 
 def iso_time(epoch: float) -> str:
@@ -2905,14 +2906,22 @@ def render_feed(changes: Sequence[Tuple[str, Optional[Status], float]], base: st
                __version__, "".join(entries)))
 
 
+GZIP_MIN = 1024      # bytes: smaller bodies gain less from gzip than its header costs
+
+
 class Page(NamedTuple):
     """A rendered response body with the validators that make 304 answers possible;
-    `validators` is their header lines, formatted once (RFC 9110 §8.8)."""
+    `validators` is their header lines, formatted once (RFC 9110 §8.8).  Bodies of GZIP_MIN
+    bytes or more also have a gzip variant (`gzipped`, with its own ETag in
+    `gzip_validators`), and both variants say `Vary: Accept-Encoding`."""
     body: bytes
     etag: str
     last_modified: float
     content_type: str = "text/html; charset=utf-8"
     validators: str = ""
+    gzipped: bytes = b""
+    gzip_etag: str = ""
+    gzip_validators: str = ""
 
 
 def make_page(text: str, last_modified: float,
@@ -2920,9 +2929,38 @@ def make_page(text: str, last_modified: float,
     body = text.encode("utf-8")
     # A strong validator from the content: equal bodies, equal tags, across restarts too.
     etag = '"%x-%08x"' % (len(body), zlib.crc32(body))
+    common = "Last-Modified: %s\r\nCache-Control: no-cache\r\n" % http_date(last_modified)
+    if len(body) < GZIP_MIN:
+        return Page(body, etag, last_modified, content_type, "ETag: %s\r\n%s" % (etag, common))
+    import gzip                     # only pages this large need it
+    gzipped = gzip.compress(body, 6, mtime=0)      # mtime 0: the same bytes every time
+    gzip_etag = etag[:-1] + '-gzip"'                # another representation, another tag
+    vary = "Vary: Accept-Encoding\r\n"
     return Page(body, etag, last_modified, content_type,
-                "ETag: %s\r\nLast-Modified: %s\r\nCache-Control: no-cache\r\n"
-                % (etag, http_date(last_modified)))
+                "ETag: %s\r\n%s%s" % (etag, common, vary), gzipped, gzip_etag,
+                "ETag: %s\r\nContent-Encoding: gzip\r\n%s%s" % (gzip_etag, common, vary))
+
+
+def accepts_gzip(accept_encoding: str) -> bool:
+    """True when an Accept-Encoding value allows gzip (RFC 9110 §12.5.3): 'gzip', 'x-gzip'
+    or '*' with a q-value above 0, unless gzip itself is refused with q=0."""
+    allowed = {}
+    for element in accept_encoding.lower().split(","):
+        coding, _, params = element.partition(";")
+        coding, q = coding.strip(" \t"), 1.0
+        for param in params.split(";"):
+            key, _, value = param.partition("=")
+            if key.strip(" \t") == "q":
+                try:
+                    q = float(value.strip(" \t"))
+                except ValueError:
+                    q = 0.0
+        if coding:
+            allowed[coding] = q
+    for coding in ("gzip", "x-gzip"):
+        if coding in allowed:
+            return allowed[coding] > 0
+    return allowed.get("*", 0.0) > 0
 
 
 def rpc_dispatcher(store_of: Callable[[], Store]):
@@ -3217,17 +3255,21 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         log.info("http %s: %s", describe_peer(self.client_address), format % args)
 
     def send_page(self, page: Page) -> None:
-        """200 with validators, or 304 when the client's copy is current."""
-        code = 304 if self.not_modified(page) else 200
-        self.send(self.response_bytes(code, page.body, page.content_type,
-                                      self.close_connection, self.command == "HEAD",
-                                      page.validators), code)
+        """200 with validators, or 304 when the client's copy is current; gzip when the
+        page has a gzip variant and the client accepts it."""
+        if page.gzipped and accepts_gzip(self.headers.get("Accept-Encoding", "")):
+            body, etag, validators = page.gzipped, page.gzip_etag, page.gzip_validators
+        else:
+            body, etag, validators = page.body, page.etag, page.validators
+        code = 304 if self.not_modified(page, etag) else 200
+        self.send(self.response_bytes(code, body, page.content_type, self.close_connection,
+                                      self.command == "HEAD", validators), code)
 
-    def not_modified(self, page: Page) -> bool:
+    def not_modified(self, page: Page, etag: str) -> bool:
         match = self.headers.get("If-None-Match")
         if match is not None:
             tags = [t.strip() for t in match.split(",")]
-            return "*" in tags or page.etag in tags or "W/" + page.etag in tags
+            return "*" in tags or etag in tags or "W/" + etag in tags
         since = self.headers.get("If-Modified-Since")
         if since and page.last_modified and self.command in ("GET", "HEAD"):
             when = http_date_seconds(since)

@@ -31,20 +31,27 @@ class DOM(html.parser.HTMLParser):
         self.text = {}
         self._stack = []
 
+    VOID = {"br", "img", "meta", "link", "input", "hr", "wbr", "source"}
+
     def handle_starttag(self, tag, attrs):
         attrs = dict(attrs)
         self.tags.append((tag, attrs))
         if tag == "a":
             self.links.append(attrs.get("href"))
-        self._stack.append(attrs.get("class") or tag)
+        if tag == "br" and self._stack:
+            self._stack[-1][1].append("\n")          # a line break inside the element's text
+        if tag not in self.VOID:
+            self._stack.append((attrs.get("class") or tag, []))
 
     def handle_endtag(self, tag):
-        if self._stack:
-            self._stack.pop()
+        if self._stack and tag not in self.VOID:
+            name, parts = self._stack.pop()
+            if parts:
+                self.text.setdefault(name, []).append("".join(parts))
 
     def handle_data(self, data):
         if self._stack:
-            self.text.setdefault(self._stack[-1], []).append(data)
+            self._stack[-1][1].append(data)
 
 
 @unittest.skipUnless(chromium(), "Chromium is not installed (apt-get install chromium)")

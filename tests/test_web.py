@@ -92,7 +92,7 @@ class PagesTest(WebTestCase):
         self.assertEqual(response.status, 200)
         page = body.decode("utf-8")
         self.assertIn("<h1>bob</h1>", page)
-        self.assertIn('<p class="status">line one\nline two</p>', page)
+        self.assertIn('<p class="status">line one<br>line two</p>', page)
         self.assertIn('<time datetime="2023-11-14T22:15:00Z">2023-11-14 22:15:00 UTC</time>',
                       page)
 
