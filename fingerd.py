@@ -1623,9 +1623,12 @@ class ClientLimiter:
     there.  Only the listener's loop thread uses it, so it needs no lock."""
 
     def __init__(self, max_conns: int = MAX_CONNS_PER_IP, rate: float = RATE_PER_IP,
-                 limit_loopback: bool = False, clock: Callable[[], float] = time.monotonic
-                 ) -> None:
+                 limit_loopback: bool = False, clock: Callable[[], float] = time.monotonic,
+                 exempt: Sequence = ()) -> None:
+        """`exempt`: networks never limited here (trusted reverse proxies: their clients are
+        limited one by one, per request, through admit_request())."""
         self.max_conns, self.rate, self.limit_loopback = max_conns, rate, limit_loopback
+        self.exempt = list(exempt)
         self.clock = clock
         self.open: Dict[str, int] = {}
         self.buckets: Dict[str, Tuple[float, float]] = {}      # key -> (tokens, when)
@@ -1658,6 +1661,8 @@ class ClientLimiter:
             address = mapped
         if address.is_loopback and not self.limit_loopback:
             return None
+        if any(address in net for net in self.exempt):
+            return None
         if address.version == 6:
             return str(ipaddress.ip_network("%s/64" % address, strict=False))
         return str(address)
@@ -1678,6 +1683,21 @@ class ClientLimiter:
                 return Refusal.TOO_MANY
             self.buckets[key] = (tokens - 1, now)
         self.open[key] = self.open.get(key, 0) + 1
+        return None
+
+    def admit_request(self, address: str) -> Optional[Refusal]:
+        """The rate limit for one request of a client behind a trusted proxy (whose
+        connections are the proxy's): None when allowed, else Refusal.TOO_MANY."""
+        key = self.key((address, 0))
+        if key is None or not self.rate:
+            return None
+        now = self.clock()
+        tokens, when = self.buckets.get(key, (2 * self.rate, now))
+        tokens = min(2 * self.rate, tokens + (now - when) * self.rate)
+        if tokens < 1:
+            self.buckets[key] = (tokens, now)
+            return Refusal.TOO_MANY
+        self.buckets[key] = (tokens - 1, now)
         return None
 
     def release(self, peer) -> None:
@@ -3042,6 +3062,49 @@ def http_date_seconds(text: str) -> Optional[float]:
         return None
 
 
+_SANE_HOST = re.compile(r"[A-Za-z0-9.\-_:\[\]]+")
+
+
+def in_networks(address: str, networks: Sequence) -> bool:
+    """True when the IP address (IPv4-mapped IPv6 counts as IPv4) is in any of networks."""
+    try:
+        ip = ipaddress.ip_address(str(address).split("%")[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return any((mapped or ip) in net for net in networks)
+
+
+def bare_address(hop: str) -> Optional[str]:
+    """The IP address in one proxy hop ('192.0.2.1', '192.0.2.1:4711', '[2001:db8::1]:80',
+    '"[2001:db8::1]"'), or None when it is not one ('unknown', '_hidden')."""
+    hop = hop.strip(' \t"')
+    if hop.startswith("["):
+        hop = hop[1:].partition("]")[0]
+    elif hop.count(":") == 1:
+        hop = hop.partition(":")[0]
+    try:
+        return str(ipaddress.ip_address(hop))
+    except ValueError:
+        return None
+
+
+def forwarded_fields(values: Sequence[str]) -> Tuple[List[str], str, str]:
+    """RFC 7239 Forwarded: (the for= hops in order, the last proto=, the last host=)."""
+    hops, proto, host = [], "", ""
+    for element in ",".join(values).split(","):
+        for pair in element.split(";"):
+            key, _, value = pair.partition("=")
+            key, value = key.strip(" \t").lower(), value.strip(' \t"')
+            if key == "for":
+                hops.append(value)
+            elif key == "proto":
+                proto = value.lower()
+            elif key == "host":
+                host = value
+    return hops, proto, host
+
+
 class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     """HTTP/1.1 with keep-alive: the pages, and XML-RPC at /RPC2 (POST only).
 
@@ -3132,7 +3195,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 3)
         while self.raw_requestline in (b"\r\n", b"\n"):
             self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 3)
-        if self.parse_request():
+        if self.parse_request() and self.proxied_client():
             # The Via chain travels on with any remote call this request makes (loops).
             _request_context.via = ", ".join(self.headers.get_all("Via") or ())[:4096]
             try:
@@ -3357,15 +3420,62 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         else:
             self.send_page(page)
 
+    forwarded_scheme = ""
+    forwarded_host = ""
+
+    def proxied_client(self) -> bool:
+        """From a --trusted-proxy peer: take the client's address from Forwarded (RFC 7239)
+        or X-Forwarded-For (the rightmost hop that is not itself a trusted proxy), and the
+        scheme and host it used from Forwarded or X-Forwarded-Proto/-Host; then apply the
+        rate limit to that client.  From anyone else these headers are ignored.  False when
+        the request was answered here (429)."""
+        trusted = self.server.trusted_proxies
+        peer = self.client_address
+        if not trusted or not isinstance(peer, tuple) or not in_networks(peer[0], trusted):
+            return True
+        headers = self.headers
+        hops, scheme, host = forwarded_fields(headers.get_all("Forwarded") or ())
+        if not hops:
+            hops = [h.strip(" \t") for h in ",".join(headers.get_all("X-Forwarded-For") or ())
+                    .split(",") if h.strip(" \t")]
+            scheme = (headers.get("X-Forwarded-Proto") or "").strip(" \t").lower()
+            host = (headers.get("X-Forwarded-Host") or "").split(",")[0].strip(" \t")
+        client = None
+        for hop in reversed(hops):
+            address = bare_address(hop)
+            if address is None:
+                break                        # "unknown", an obfuscated id: stop believing
+            client = address
+            if not in_networks(address, trusted):
+                break
+        if scheme in ("http", "https"):
+            self.forwarded_scheme = scheme
+        if host and len(host) <= 255 and _SANE_HOST.fullmatch(host):
+            self.forwarded_host = host
+        if client is None:
+            return True
+        self.client_address = (client, 0)
+        refused = self.server.limiter.admit_request(client)
+        if refused is not None:
+            self.server.count_refusal(refused)
+            self.fail(429, TOO_MANY + ".", extra="Retry-After: 5\r\n")
+            return False
+        return True
+
     def host(self) -> str:
-        """The Host the client asked for, if it is a sane one, else this server's address."""
-        host = (self.headers.get("Host") or "").strip()
-        if not host or len(host) > 255 or not re.fullmatch(r"[A-Za-z0-9.\-_:\[\]]+", host):
+        """The Host the client asked for (through a trusted proxy: the one it asked the
+        proxy for), if it is a sane one, else this server's address."""
+        host = self.forwarded_host or (self.headers.get("Host") or "").strip()
+        if not host or len(host) > 255 or not _SANE_HOST.fullmatch(host):
             host = self.server.address
         return host
 
     def base_url(self) -> str:
-        return "http://" + self.host()
+        """Where absolute links point: --public-url when given, else what the client (or
+        the trusted proxy it came through) asked for."""
+        if self.server.public_url:
+            return self.server.public_url
+        return (self.forwarded_scheme or "http") + "://" + self.host()
 
     def webfinger(self) -> None:
         """RFC 7033: ?resource=acct:USER@HOST (rel= filters the links)."""
@@ -3432,8 +3542,13 @@ class WebServer(PooledTCPServer):
     idle_timeout = HTTP_IDLE_TIMEOUT
     max_cached_pages = 4096
 
-    def __init__(self, address, store: Store, sock: Optional[socket.socket] = None) -> None:
+    def __init__(self, address, store: Store, sock: Optional[socket.socket] = None,
+                 trusted_proxies: Sequence = (), public_url: str = "") -> None:
+        """trusted_proxies: networks whose Forwarded/X-Forwarded-* headers are believed;
+        public_url: the canonical base of absolute links ('' for the request's own)."""
         super().__init__(address, WebHandler, sock=sock)
+        self.trusted_proxies = list(trusted_proxies)
+        self.public_url = public_url.rstrip("/")
         self.store = store
         self.inline = not store.blocking
         self._rpc = None
@@ -4217,7 +4332,9 @@ class Daemon:
                 addr, placeholder, not args.no_list, sock=sock)),
             ("setter", args.setter, lambda addr, sock: SetterServer(
                 addr, placeholder, args.setter_allow, sock=sock)),
-            ("http", args.http, lambda addr, sock: WebServer(addr, placeholder, sock=sock))]
+            ("http", args.http, lambda addr, sock: WebServer(
+                addr, placeholder, sock=sock, trusted_proxies=args.trusted_proxy,
+                public_url=args.public_url or ""))]
         try:
             for label, endpoint, factory in factories:
                 if endpoint or label in adopted:
@@ -4255,8 +4372,9 @@ class Daemon:
             server.metrics = self.monitor.metrics
             if isinstance(server, WebServer):
                 server.monitor = self.monitor
-            server.limiter = ClientLimiter(args.max_conns_per_ip, args.rate,
-                                           args.limit_loopback)
+            server.limiter = ClientLimiter(
+                args.max_conns_per_ip, args.rate, args.limit_loopback,
+                exempt=args.trusted_proxy if isinstance(server, WebServer) else ())
             self.threads.append(self._start_loop(server))
         if args.irc:
             self.bot = IRCBot(self.store, *args.irc, nick=args.irc_nick,
@@ -4339,6 +4457,16 @@ class Daemon:
 
 
 # -- Command line -------------------------------------------------------------------------
+
+def public_url_arg(spec: str) -> str:
+    """--public-url: an absolute http or https URL with a host and no query or fragment."""
+    parts = urllib.parse.urlsplit(spec)
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
+            or parts.fragment or not clean_line(spec) == spec:
+        raise argparse.ArgumentTypeError("not an http(s) URL like https://finger.example.org/:"
+                                         " %r" % spec)
+    return spec.rstrip("/")
+
 
 def endpoint_arg(default_host: str = ""):
     def parse(spec: str):
@@ -4492,6 +4620,17 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--limit-loopback", action="store_true",
                      help="apply those limits to loopback clients too (they are exempt, as "
                           "local tools and reverse proxies come from there)")
+    net.add_argument("--trusted-proxy", metavar="CIDR", type=network_arg, action="append",
+                     default=[],
+                     help="HTTP: reverse proxies (nginx, Caddy) whose Forwarded or "
+                          "X-Forwarded-For/-Proto/-Host headers are believed: the client's "
+                          "address (for limits and logs), scheme and host come from them; "
+                          "from anyone else those headers are ignored (repeatable; default: "
+                          "none)")
+    net.add_argument("--public-url", metavar="URL", type=public_url_arg,
+                     help="HTTP: the canonical base of absolute links (WebFinger, Atom, "
+                          "JSON), e.g. https://finger.example.org/ (default: the URL the "
+                          "client asked for)")
     net.add_argument("--no-list", action="store_true",
                      help="answer an empty finger query with 'Finger online user list denied'")
     irc = parser.add_argument_group("IRC bot")
