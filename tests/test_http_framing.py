@@ -207,7 +207,9 @@ class MethodTest(unittest.TestCase):
                 (b"DELETE", b"/RPC2", 405, "POST, OPTIONS"),
                 (b"GET", b"/RPC2", 405, "POST, OPTIONS"),
                 (b"TRACE", b"/alice", 405, "GET, HEAD, OPTIONS"),
-                (b"BREW", b"/alice", 501, "GET, HEAD, OPTIONS")):
+                (b"BREW", b"/alice", 501, "GET, HEAD, OPTIONS"),
+                (b"PoST", b"/RPC2", 501, "POST, OPTIONS"),      # hypercorn #278: case counts
+                (b"CONNECT", b"/alice", 405, "GET, HEAD, OPTIONS")):     # hypercorn #277
             with self.subTest(method=method, target=target):
                 got, headers, _ = self.one(method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n"
                                            b"Content-Length: 0\r\n")
