@@ -1137,9 +1137,12 @@ class ProcessStore(Store):
     def run(self, *args: str) -> Tuple[int, str]:
         """(exit status, output) of PROGRAM ARGS; StoreUnavailable when it takes too long."""
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
-        proc = subprocess.Popen([self.program, *args], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-                                start_new_session=True, close_fds=True)
+        try:
+            proc = subprocess.Popen([self.program, *args], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+                                    start_new_session=True, close_fds=True)
+        except OSError as e:      # removed or made unrunnable since start-up; no processes
+            raise StoreUnavailable("cannot run %s: %s" % (self.program, e.strerror or e))
         chunks, size, end = [], 0, time.monotonic() + self.timeout
         timed_out = False
         try:
@@ -1210,14 +1213,31 @@ def remote_transport_class(secure: bool):
         def __init__(self, timeout: float, via: str) -> None:
             super().__init__()
             self.timeout, self.via = timeout, via
+            self._conn = None
 
         def request(self, host, handler, request_body, verbose=False):
             # One attempt: Transport.request retries a failed connection at once, which
-            # doubles the load on a remote that is already failing.
-            return self.single_request(host, handler, request_body, verbose)
+            # doubles the load on a remote that is already failing.  The whole call has a
+            # deadline: a remote that drips its answer a byte at a time (each read within
+            # the socket timeout) is cut off by shutting the socket down under it.
+            timer = threading.Timer(3 * self.timeout, self._expire)
+            timer.daemon = True
+            timer.start()
+            try:
+                return self.single_request(host, handler, request_body, verbose)
+            finally:
+                timer.cancel()
+
+        def _expire(self) -> None:
+            sock = getattr(self._conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
         def make_connection(self, host):
-            conn = super().make_connection(host)
+            conn = self._conn = super().make_connection(host)
             conn.timeout = self.timeout
             return conn
 
@@ -1228,7 +1248,7 @@ def remote_transport_class(secure: bool):
             end = time.monotonic() + 2 * self.timeout
             data = bytearray()
             while True:
-                chunk = response.read(65536)
+                chunk = response.read1(65536)      # what one recv gives: the deadline holds
                 if not chunk:
                     break
                 data += chunk
@@ -3479,10 +3499,14 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     def webfinger(self) -> None:
         """RFC 7033: ?resource=acct:USER@HOST (rel= filters the links)."""
-        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
-                                      keep_blank_values=True, max_num_fields=20)
-        resources = query.get("resource", [])
         cors = "Access-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\n"
+        try:
+            query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
+                                          keep_blank_values=True, max_num_fields=20)
+        except ValueError:                          # more than 20 fields
+            self.fail(400, "Too many query parameters.", extra=cors)
+            return
+        resources = query.get("resource", [])
         if len(resources) != 1 or not resources[0]:
             self.fail(400, "webfinger needs one resource parameter, like acct:alice@host.",
                       extra=cors)
@@ -3780,6 +3804,10 @@ class IRCBot:
         self._sock = None
         self._send_lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
+        self._lookups = None                    # the lookup threads, for blocking stores
+        self._answered: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._pending = 0                       # lookups submitted, not yet said
+        self._session_id = 0
 
     @property
     def server(self) -> str:
@@ -3805,6 +3833,8 @@ class IRCBot:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        if self._lookups is not None:
+            self._lookups.shutdown(wait=False, cancel_futures=True)
 
     # The connection loop -----------------------------------------------------------------
 
@@ -3853,6 +3883,7 @@ class IRCBot:
         self.nick = self.wanted_nick
         self._nick_tries, self._nick_limit = 0, 30
         self.queue = SendQueue(self.send_rate, self.send_burst, clock=self.clock)
+        self._session_id += 1
         registered = False
         started = last_heard = self.clock()
         pinged_at = None
@@ -3863,6 +3894,7 @@ class IRCBot:
             if self._stop.is_set():
                 self._send_now("QUIT", "fingerd shutting down")
                 return
+            self._say_answered()
             for line in self.queue.ready():
                 self._send_raw(line)
             wait = self.queue.wait_time()
@@ -3927,8 +3959,8 @@ class IRCBot:
         if command == "PING":
             self._send_now("PONG", *(params[:1] or ["fingerd"]))
         elif command == "001":
-            if params:
-                self.nick = params[0]
+            if params and params[0].strip():
+                self.nick = params[0].strip()
             self.backoff.reset()             # only a registration proves the server is good
             self.connects += 1
             self.connected.set()
@@ -3938,8 +3970,9 @@ class IRCBot:
             return True
         elif command in ("432", "433", "436", "437") and not self.connected.is_set():
             self._next_nick(command)
-        elif command == "NICK" and msg.nick.lower() == self.nick.lower() and params:
-            self.nick = params[0]
+        elif command == "NICK" and msg.nick.lower() == self.nick.lower() and params \
+                and params[0].strip():
+            self.nick = params[0].strip()
         elif command == "CAP" and len(params) >= 3 and self.sasl:
             if params[1].upper() == "ACK" and "sasl" in params[2].lower().split():
                 self._send_now("AUTHENTICATE", "PLAIN")
@@ -3995,21 +4028,52 @@ class IRCBot:
                 and valid_name(words[1]):
             self._answer(target, words[1])
 
+    max_lookups = 16      # lookups waiting for a blocking backend; more are answered 'busy'
+
     def _answer(self, to: str, user: str) -> None:
         """Status of USER to `to`.  A backend that fails is a failed answer, said as such;
-        it never touches the IRC connection."""
+        it never touches the IRC connection.  A backend that may block (process, pwd,
+        xmlrpc) is asked on a lookup thread, so that this thread keeps answering PINGs;
+        the lines come back through _answered."""
         if self.metrics is not None:
             self.metrics.inc("fingerd_requests_total", protocol="irc")
+        if not self.store.blocking:
+            for line in self._lookup(user):
+                self._say("PRIVMSG", to, line)
+            return
+        if self._lookups is None:
+            import concurrent.futures
+            self._lookups = concurrent.futures.ThreadPoolExecutor(
+                2, thread_name_prefix="irc-lookup")
+        if self._pending >= self.max_lookups:
+            self._say("PRIVMSG", to, SERVER_BUSY)
+            return
+        self._pending += 1
+        session = self._session_id
+        self._lookups.submit(lambda: self._answered.put((session, to, self._lookup(user))))
+
+    def _lookup(self, user: str) -> List[str]:
+        """The answer's lines; on any thread."""
         try:
-            lines = irc_status_lines(user, self.store.get(user))
+            return irc_status_lines(user, self.store.get(user))
         except StoreUnavailable as e:
             log.warning("irc: %s", e)
-            lines = [UNAVAILABLE]
+            return [UNAVAILABLE]
         except Exception:
             FAULTS.report("irc", "answering for %r", user)
-            lines = [INTERNAL_ERROR]
-        for line in lines:
-            self._say("PRIVMSG", to, line)
+            return [INTERNAL_ERROR]
+
+    def _say_answered(self) -> None:
+        """Queue the answers lookup threads have finished (in this session)."""
+        while True:
+            try:
+                session, to, lines = self._answered.get_nowait()
+            except queue.Empty:
+                return
+            self._pending -= 1
+            if session == self._session_id:
+                for line in lines:
+                    self._say("PRIVMSG", to, line)
 
     # Sending -----------------------------------------------------------------------------
 
@@ -4750,14 +4814,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
     daemon = Daemon(args)
     notifier = Notifier()
-    wake = threading.Event()
-    signals: List[int] = []
+    # Signals wake the main loop through a pipe that the interpreter itself writes to
+    # (signal.set_wakeup_fd); the Python handler only sets flags.  A handler that took a lock
+    # (threading.Event.set) deadlocked when a second signal arrived inside the first one.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    pending = {"stop": 0, "reload": False, "interrupts": 0}
 
     def on_signal(signum, _frame):
-        signals.append(signum)
-        if signum == signal.SIGINT and signals.count(signal.SIGINT) > 1:
-            os._exit(1)               # a second Ctrl-C: no more waiting
-        wake.set()
+        if signum == signal.SIGHUP:
+            pending["reload"] = True
+            return
+        if signum == signal.SIGINT:
+            pending["interrupts"] += 1
+            if pending["interrupts"] > 1:
+                os._exit(1)           # a second Ctrl-C: no more waiting
+        if not pending["stop"]:
+            pending["stop"] = signum
 
     # Before anything is served: SIGHUP's default would kill us, SIGINT's would raise.
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
@@ -4772,14 +4847,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tick = min(notifier.watchdog or 1.0, 1.0)
     fatal = None
     while True:
-        wake.wait(tick)
-        wake.clear()
-        stopping = [s for s in signals if s != signal.SIGHUP]
-        if stopping:
+        try:
+            select.select([wake_r], [], [], tick)
+            while os.read(wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        if pending["stop"]:
             break
         try:
-            if signals:
-                del signals[:]
+            if pending["reload"]:
+                pending["reload"] = False      # many SIGHUPs at once are one reload
                 daemon.reload()
                 notifier.send("STATUS=reloaded; " + daemon.status_line())
             fatal = daemon.supervise()
@@ -4789,11 +4867,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             break
         if notifier.watchdog and daemon.healthy:     # a hung loop stops the pings
             notifier.send("WATCHDOG=1")
+    signal.set_wakeup_fd(-1)
+    for fd in (wake_r, wake_w):
+        os.close(fd)
     if fatal:
         log.critical("exiting: %s", fatal)
         notifier.send("STATUS=exiting: " + fatal)
     else:
-        log.info("stopping (%s)", signal.Signals(stopping[0]).name)
+        log.info("stopping (%s)", signal.Signals(pending["stop"]).name)
     notifier.send("STOPPING=1", "STATUS=stopping: finishing replies in flight")
     daemon.stop()
     log.info("stopped")

@@ -6,6 +6,7 @@ answers a normal request.  Over real sockets, against real servers on port 0.
 """
 import http.client
 import os
+import signal
 import socket
 import threading
 import time
@@ -477,3 +478,111 @@ class SupervisorTest(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class OutsiderFindingsTest(unittest.TestCase):
+    """What an outside tester broke after the first round of this work (issue 12)."""
+
+    def test_a_storm_of_sighups_neither_hangs_nor_kills_the_daemon(self):
+        # The handler used to take threading.Event's lock: a second signal inside it hung
+        # the main thread (no reloads, SIGTERM ignored), a flood overflowed the stack.
+        daemon = Daemon(self, "--backend", "memory", "--http", "127.0.0.1:0")
+        for _ in range(3000):
+            os.kill(daemon.proc.pid, signal.SIGHUP)
+        self.assertTrue(daemon.wait_for_log("SIGHUP: re-reading"))
+        self.assertEqual(http_get(daemon.ports["http"], "/healthz")[0], 200)
+        for _ in range(200):
+            os.kill(daemon.proc.pid, signal.SIGHUP)
+        daemon.signal(signal.SIGTERM)
+        self.assertEqual(daemon.wait(TIMEOUT), 0)
+        self.assertNotIn("Traceback", daemon.log)
+
+    def test_too_many_query_fields_are_a_400_not_an_internal_error(self):
+        server = serve(self, fingerd.WebServer(("127.0.0.1", 0), FaultyStore()))
+        before = fingerd.FAULTS.count("http")
+        code, _ = http_get(server.port, "/.well-known/webfinger?" + "a=1&" * 21 +
+                           "resource=acct:alice@x")
+        self.assertEqual(code, 400)
+        self.assertEqual(fingerd.FAULTS.count("http"), before)
+
+    def test_a_finger_program_removed_at_run_time_is_unavailable_not_a_bug(self):
+        program = os.path.join(temp_dir(self), "finger")
+        with open(program, "w") as f:
+            f.write("#!/bin/sh\necho \"plan of $2\"\n")
+        os.chmod(program, 0o755)
+        store = fingerd.ProcessStore(program, refresh=0)
+        self.assertEqual(store.get("alice").text, "plan of alice")
+        os.rename(program, program + ".gone")
+        with self.assertRaises(fingerd.StoreUnavailable):
+            store.get("bob")
+
+    def test_a_remote_that_drips_its_answer_is_cut_off_at_the_deadline(self):
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        self.addCleanup(listener.close)
+        stop = threading.Event()
+        self.addCleanup(stop.set)
+
+        def drip():
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/xml\r\n\r\n<?xml")
+                while not stop.wait(0.2):      # a byte at a time, each within the timeout
+                    try:
+                        conn.sendall(b" ")
+                    except OSError:
+                        break
+                conn.close()
+        threading.Thread(target=drip, daemon=True).start()
+        store = fingerd.RemoteStore(["http://127.0.0.1:%d/RPC2" % listener.getsockname()[1]],
+                                    refresh=0, timeout=0.5)
+        start = time.monotonic()
+        with Quiet(self), self.assertRaises(fingerd.StoreUnavailable):
+            store.get("alice")
+        self.assertLess(time.monotonic() - start, 3.0)      # 3 x the timeout, not forever
+
+    def test_an_empty_nick_from_the_server_is_ignored(self):
+        server = ScriptedServer(self)
+        bot = fingerd.IRCBot(FaultyStore(), "127.0.0.1", server.port,
+                             backoff=fingerd.Backoff(initial=0.05, rng=MeanRandom()))
+        bot.start()
+        self.addCleanup(bot.stop)
+        client = server.accept()
+        client.welcome()
+        self.assertTrue(bot.connected.wait(TIMEOUT))
+        client.send(b":fingerbot!f@h NICK :")
+        client.send(b":carol!c@h PRIVMSG fingerbot :alice")
+        self.assertEqual(client.expect(b"PRIVMSG"),
+                         b"PRIVMSG carol :Status of alice: Happy and well")
+
+    def test_a_slow_backend_does_not_stop_the_bot_answering_ping(self):
+        class SlowStore(FaultyStore):
+            blocking = True
+
+            def get(self, user, verbose=False):
+                if user.startswith("slow"):
+                    time.sleep(1.0)
+                return super().get(user, verbose)
+        server = ScriptedServer(self)
+        bot = fingerd.IRCBot(SlowStore(), "127.0.0.1", server.port, send_rate=100,
+                             send_burst=100)
+        bot.start()
+        self.addCleanup(bot.stop)
+        client = server.accept()
+        client.welcome()
+        self.assertTrue(bot.connected.wait(TIMEOUT))
+        for n in range(4):
+            client.send(b":carol!c@h PRIVMSG fingerbot :slow%d" % n)
+        start = time.monotonic()
+        client.send(b"PING :still-there")
+        self.assertEqual(client.expect(b"PONG"), b"PONG still-there")
+        self.assertLess(time.monotonic() - start, 0.8)    # not after the slow lookups
+        answers = sorted(client.expect(b"PRIVMSG", TIMEOUT) for _ in range(4))
+        self.assertEqual(answers, [b"PRIVMSG carol :Status of slow%d: No such user" % n
+                                   for n in range(4)])
+        self.assertEqual(bot.connects, 1)
