@@ -1158,11 +1158,10 @@ class ProcessStore(Store):
                 chunks.append(data)
                 size += len(data)
         finally:
-            if proc.poll() is None:
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            try:          # the whole group, even when the program itself has exited: what
+                os.killpg(proc.pid, signal.SIGKILL)     # it left running in the background
+            except OSError:
+                pass
             proc.stdout.close()
             proc.wait()
         if timed_out:
@@ -1763,7 +1762,7 @@ class Connection:
         self.fd = sock.fileno()
         self.peer = peer
         self.inbuf = b""
-        self.outbuf = b""
+        self.outbuf: List[memoryview] = []   # the unsent rest of a reply: views, not copies
         self.deadline = deadline
         self.state = State.READING
         self.eof = False
@@ -1773,6 +1772,27 @@ class Connection:
         self.interim_sent = False   # an interim reply went out for the request being read
         self.served = 0             # requests framed on this connection
         self.queued = False         # in the loop's queue of connections with input to serve
+
+
+class ReplyBuffer:
+    """The handler's wfile: it keeps the bytes objects written, not a copy of them, so a
+    large cached page or user list is held once however many slow clients are sent it."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self) -> None:
+        self.parts: List[bytes] = []
+
+    def write(self, data: bytes) -> int:
+        if data:
+            self.parts.append(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def getvalue(self) -> bytes:
+        return b"".join(self.parts)
 
 
 class BufferedRequestHandler(socketserver.StreamRequestHandler):
@@ -1794,7 +1814,7 @@ class BufferedRequestHandler(socketserver.StreamRequestHandler):
         conn = self.request
         self.connection = conn.sock
         self.rfile = io.BytesIO(conn.request)
-        self.wfile = io.BytesIO()
+        self.wfile = ReplyBuffer()
         self.after = After.CLOSE
         self.final = conn.served >= self.server.max_requests
 
@@ -2169,11 +2189,12 @@ class PooledTCPServer(socketserver.TCPServer):
         conn.deadline = now + self.busy_timeout
         self._watch(conn, 0)
 
-    def _run_handler(self, conn: Connection) -> Tuple[bytes, After]:
-        """Run the handler on conn's request: (reply, after).  Its failure is contained."""
+    def _run_handler(self, conn: Connection) -> Tuple[List[bytes], After]:
+        """Run the handler on conn's request: (reply parts, after).  Its failure is
+        contained."""
         try:
             handler = self.RequestHandlerClass(conn, conn.peer, self)
-            return handler.wfile.getvalue(), handler.after
+            return handler.wfile.parts, handler.after
         except (Exception, SystemExit):    # sys.exit() in a backend is a bug here too
             self.handle_error(conn, conn.peer)
             return self.RequestHandlerClass.refusal(Refusal.ERROR), After.LINGER
@@ -2237,20 +2258,43 @@ class PooledTCPServer(socketserver.TCPServer):
             except Exception:
                 self._contain(conn)
 
-    def _send_reply(self, conn: Connection, data: bytes, after: After, now: float) -> bool:
-        """Send what the socket takes now; True when all of it went.  Otherwise the rest
-        waits for the socket to be writable (or the connection is closed)."""
+    @staticmethod
+    def _send_parts(sock: socket.socket, parts) -> int:
+        """Bytes of `parts` the socket took now (0 when none); raises OSError but not
+        BlockingIOError."""
+        try:
+            if len(parts) == 1:
+                return sock.send(parts[0], socket.MSG_DONTWAIT)
+            return sock.sendmsg(parts, (), socket.MSG_DONTWAIT)   # gathered, not joined
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    @staticmethod
+    def _rest(parts, sent: int) -> List[memoryview]:
+        """What is left of `parts` after `sent` bytes went: views, never copies."""
+        rest = []
+        for part in parts:
+            if sent >= len(part):
+                sent -= len(part)
+                continue
+            rest.append(memoryview(part)[sent:])
+            sent = 0
+        return rest
+
+    def _send_reply(self, conn: Connection, reply, after: After, now: float) -> bool:
+        """Send what the socket takes now of `reply` (bytes, or a list of bytes parts);
+        True when all of it went.  Otherwise the rest waits for the socket to be writable
+        (or the connection is closed)."""
         conn.after = after
-        if data:
+        parts = [reply] if isinstance(reply, bytes) else reply
+        if parts:
             try:
-                sent = conn.sock.send(data, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                sent = 0
+                sent = self._send_parts(conn.sock, parts)
             except OSError:
                 self._close(conn)
                 return False
-            if sent < len(data):
-                conn.outbuf = data[sent:]
+            if sent < sum(map(len, parts)):
+                conn.outbuf = self._rest(parts, sent)
                 conn.state = State.WRITING
                 conn.deadline = now + self.deadline
                 self._watch(conn, EVENT_WRITE)
@@ -2259,13 +2303,11 @@ class PooledTCPServer(socketserver.TCPServer):
 
     def _flush(self, conn: Connection, now: float) -> None:
         try:
-            sent = conn.sock.send(conn.outbuf, socket.MSG_DONTWAIT)
-        except (BlockingIOError, InterruptedError):
-            return
+            sent = self._send_parts(conn.sock, conn.outbuf)
         except OSError:
             self._close(conn)
             return
-        conn.outbuf = conn.outbuf[sent:]
+        conn.outbuf = self._rest(conn.outbuf, sent)
         if not conn.outbuf:
             conn.state = State.READING
             if self._next(conn, now):
@@ -3312,10 +3354,12 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     # Replies -----------------------------------------------------------------------------
 
-    def send(self, data: bytes, code: int) -> None:
+    def send(self, data: bytes, code: int, body: bytes = b"") -> None:
+        """Queue a response: `data` (head and body), or the head with `body` apart."""
         self.wfile.write(data)
+        self.wfile.write(body)
         self.server.metrics.add(RPC_REQUEST if self.path == "/RPC2" else HTTP_REQUEST)
-        self.log_request(code, len(data))
+        self.log_request(code, len(data) + len(body))
 
     def fail(self, code: int, detail: str = "", close: bool = False, extra: str = "") -> bool:
         """Answer an error page; a framing error also closes the connection."""
@@ -3345,8 +3389,11 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         else:
             body, etag, validators = page.body, page.etag, page.validators
         code = 304 if self.not_modified(page, etag) else 200
-        self.send(self.response_bytes(code, body, page.content_type, self.close_connection,
-                                      self.command == "HEAD", validators), code)
+        head = self.response_bytes(code, body, page.content_type, self.close_connection,
+                                   True, validators)
+        # The cached body itself, not a copy joined to the head: a page sent slowly to
+        # many clients is held in memory once.
+        self.send(head, code, b"" if code == 304 or self.command == "HEAD" else body)
 
     def not_modified(self, page: Page, etag: str) -> bool:
         match = self.headers.get("If-None-Match")

@@ -14,8 +14,8 @@ import unittest
 import xmlrpc.client
 from unittest import mock
 
-from support import (TIMEOUT, Daemon, connect, fingerd, query, read_all, serve, set_status,
-                     temp_dir, wait_for)
+from support import (TIMEOUT, Daemon, connect, fingerd, proc_value, query, read_all, serve,
+                     set_status, temp_dir, wait_for)
 from test_irc import MeanRandom, ScriptedServer
 from test_web import ResponseReader
 
@@ -586,3 +586,24 @@ class OutsiderFindingsTest(unittest.TestCase):
         self.assertEqual(answers, [b"PRIVMSG carol :Status of slow%d: No such user" % n
                                    for n in range(4)])
         self.assertEqual(bot.connects, 1)
+
+    def test_clients_that_never_read_a_big_page_share_one_copy_of_it(self):
+        # An outsider held 8 GB with 600 connections that asked for / and never read.
+        store = fingerd.MemoryStore()
+        store._data = {"user%d" % i: Status(("x" * 70 + "\n") * 60, 1.0) for i in range(2000)}
+        server = serve(self, fingerd.WebServer(("127.0.0.1", 0), store))
+        self.assertEqual(http_get(server.port, "/")[0], 200)          # rendered and cached
+        size = len(server.page("/", "http://127.0.0.1:%d" % server.port).body)
+        self.assertGreater(size, 4_000_000)
+        before = proc_value("self", "VmRSS") * 1024
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        for _ in range(40):
+            sock = socket.create_connection(("127.0.0.1", server.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n\r\n" % server.port)
+            clients.append(sock)
+        self.assertTrue(wait_for(lambda: sum(c.state is fingerd.State.WRITING
+                                             for c in list(server._conns.values())) == 40))
+        grown = proc_value("self", "VmRSS") * 1024 - before
+        self.assertLess(grown, 8 * size)       # copied, it would be 40 pages

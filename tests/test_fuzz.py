@@ -147,7 +147,8 @@ class FuzzTest(unittest.TestCase):
             handled += 1
             conn = fingerd.Connection(theirs, ("127.0.0.1", 4242), 0.0)
             conn.request = data[:length]
-            reply, after = server._run_handler(conn)
+            parts, after = server._run_handler(conn)
+            reply = b"".join(parts)
             self.assertEqual(errors, [], data)
             self.assertIn(after, (fingerd.After.KEEP, fingerd.After.CLOSE), data)
             head, _, body = reply.partition(b"\r\n\r\n")
