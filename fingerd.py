@@ -2293,7 +2293,7 @@ class PooledTCPServer(socketserver.TCPServer):
             except OSError:
                 self._close(conn)
                 return False
-            if sent < sum(map(len, parts)):
+            if sent < (len(parts[0]) if len(parts) == 1 else sum(map(len, parts))):
                 conn.outbuf = self._rest(parts, sent)
                 conn.state = State.WRITING
                 conn.deadline = now + self.deadline
@@ -2825,6 +2825,7 @@ MAX_RPC_BODY = 64 * 1024              # an XML-RPC call is small: 413 beyond
 HTTP_IDLE_TIMEOUT = 15.0              # keep-alive connections idle this long are closed
 
 _HEAD_END = re.compile(rb"\r?\n\r?\n")
+_BAD_HEAD = re.compile(rb"\x00|\r(?!\n)")     # NUL, or a CR that does not end a line
 _CONTENT_LENGTH = re.compile(rb"(?im)^content-length[ \t]*:[ \t]*([0-9]{1,18})[ \t]*\r?$")
 _FRAMING_FIELD = re.compile(rb"(?im)^(?:content-length|transfer-encoding)[ \t]*:")
 # A request line as RFC 9112 §3 has it; any other line is refused as it stands, at once,
@@ -2989,6 +2990,7 @@ def render_feed(changes: Sequence[Tuple[str, Optional[Status], float]], base: st
 
 
 GZIP_MIN = 1024      # bytes: smaller bodies gain less from gzip than its header costs
+SHARED_BODY = 65536  # bytes: larger cached bodies are sent without copying them
 
 
 class Page(NamedTuple):
@@ -3125,6 +3127,29 @@ def http_date_seconds(text: str) -> Optional[float]:
 
 
 _SANE_HOST = re.compile(r"[A-Za-z0-9.\-_:\[\]]+")
+
+
+class HeaderFields(dict):
+    """A request's header fields: lower-case name -> [values, in order].  get() and
+    get_all() answer as email.message.Message's do (any case; the first value; all of
+    them), without its cost per field, which was most of a small request's parsing."""
+
+    __slots__ = ()
+    _EMPTY: List[str] = []
+
+    def values_of(self, lower_name: str) -> List[str]:
+        """Every value of a field named in lower case ([] when absent)."""
+        return dict.get(self, lower_name, self._EMPTY)
+
+    def get(self, name: str, default=None):
+        values = dict.get(self, name.lower())
+        return values[0] if values else default
+
+    def get_all(self, name: str, default=None):
+        return dict.get(self, name.lower(), default)
+
+    def __contains__(self, name) -> bool:
+        return dict.__contains__(self, name.lower())
 
 
 def in_networks(address: str, networks: Sequence) -> bool:
@@ -3281,11 +3306,12 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         bare CR (§2.2, §5.1, §5.2, §6.1, §6.3); a missing (HTTP/1.1) or repeated Host
         (RFC 9112 §3.2).  Persistence follows §9.3: HTTP/1.1 unless 'close', HTTP/1.0 only
         with 'keep-alive'; every response says which (Connection: keep-alive or close)."""
-        line = self.raw_requestline.decode("latin-1")
-        line = line[:-2] if line.endswith("\r\n") else line.rstrip("\n")
+        line = self.raw_requestline.decode("latin-1").rstrip("\r\n")
         self.requestline = line
-        if "\r" in line or "\0" in line:
-            return self.fail(400, "The request line holds a bare CR or a NUL.")
+        data = self.request.request
+        end = _HEAD_END.search(data)
+        if _BAD_HEAD.search(data, 0, end.end() if end else len(data)):
+            return self.fail(400, "The request holds a NUL or a bare CR.")
         words = line.split(" ")
         if len(words) != 3 or not words[0] or not words[1]:
             return self.fail(400, "The request line is not METHOD TARGET HTTP/1.x.")
@@ -3297,40 +3323,32 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             return self.fail(400, "Bad protocol version.")
         if not _TOKEN.match(self.command):
             return self.fail(400, "Bad method.")
-        headers = http.client.HTTPMessage()
-        connection: List[str] = []
-        framing: Dict[str, List[str]] = {"host": [], "transfer-encoding": [],
-                                         "content-length": [], "connection": connection}
+        headers = self.headers = HeaderFields()
+        add = headers.setdefault
         while True:
             raw = self.rfile.readline(MAX_HEAD + 1)
             if raw in (b"\r\n", b"\n", b""):
                 break
-            field = raw.decode("latin-1")
-            field = field[:-2] if field.endswith("\r\n") else field.rstrip("\n")
-            name, colon, value = field.partition(":")
+            name, colon, value = raw.decode("latin-1").partition(":")
             if not colon or not _TOKEN.match(name):     # also refuses obsolete line folding
                 return self.fail(400, "Bad header field.")
-            if "\r" in value or "\0" in value:
-                return self.fail(400, "A header field holds a bare CR or a NUL.")
-            value = value.strip(" \t")
-            headers[name] = value
-            seen = framing.get(name.lower())
-            if seen is not None:
-                seen.append(value)
-        self.headers = headers
-        tokens = {t.strip(" \t").lower() for t in ",".join(connection).split(",")}
+            add(name.lower(), []).append(value.strip(" \t\r\n"))
+        field = headers.values_of
+        connection = field("connection")
+        tokens = {t.strip(" \t").lower() for t in ",".join(connection).split(",")} \
+            if connection else ()
         if version == "HTTP/1.1":
             self.close_connection = "close" in tokens
         else:
             self.close_connection = "keep-alive" not in tokens or "close" in tokens
         if self.final:                   # the connection's last request (max_requests)
             self.close_connection = True
-        hosts = framing["host"]
+        hosts = field("host")
         if len(hosts) > 1:
             return self.fail(400, "A request has one Host header.")
         if version == "HTTP/1.1" and not hosts:
             return self.fail(400, "HTTP/1.1 requests need a Host header.")
-        codings, lengths = framing["transfer-encoding"], framing["content-length"]
+        codings, lengths = field("transfer-encoding"), field("content-length")
         if codings:
             if lengths:
                 return self.fail(400, "Transfer-Encoding and Content-Length together.")
@@ -3357,7 +3375,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     def send(self, data: bytes, code: int, body: bytes = b"") -> None:
         """Queue a response: `data` (head and body), or the head with `body` apart."""
         self.wfile.write(data)
-        self.wfile.write(body)
+        if body:
+            self.wfile.write(body)
         self.server.metrics.add(RPC_REQUEST if self.path == "/RPC2" else HTTP_REQUEST)
         self.log_request(code, len(data) + len(body))
 
@@ -3384,16 +3403,21 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     def send_page(self, page: Page) -> None:
         """200 with validators, or 304 when the client's copy is current; gzip when the
         page has a gzip variant and the client accepts it."""
-        if page.gzipped and accepts_gzip(self.headers.get("Accept-Encoding", "")):
+        accept = self.headers.values_of("accept-encoding")
+        if page.gzipped and accept and accepts_gzip(",".join(accept)):
             body, etag, validators = page.gzipped, page.gzip_etag, page.gzip_validators
         else:
             body, etag, validators = page.body, page.etag, page.validators
         code = 304 if self.not_modified(page, etag) else 200
-        head = self.response_bytes(code, body, page.content_type, self.close_connection,
-                                   True, validators)
-        # The cached body itself, not a copy joined to the head: a page sent slowly to
-        # many clients is held in memory once.
-        self.send(head, code, b"" if code == 304 or self.command == "HEAD" else body)
+        head_only = code == 304 or self.command == "HEAD"
+        if len(body) < SHARED_BODY or head_only:
+            self.send(self.response_bytes(code, body, page.content_type, self.close_connection,
+                                          head_only, validators), code)
+            return
+        # A large page goes as itself, not a copy joined to its head: sent slowly to many
+        # clients, it is still held in memory once.
+        self.send(self.response_bytes(code, body, page.content_type, self.close_connection,
+                                      True, validators), code, body)
 
     def not_modified(self, page: Page, etag: str) -> bool:
         match = self.headers.get("If-None-Match")
@@ -3408,21 +3432,22 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     # Routing -----------------------------------------------------------------------------
 
-    PAGE_METHODS = "GET, HEAD, OPTIONS"
-    RPC_METHODS = "POST, OPTIONS"
+    PAGE_METHODS = ("GET", "HEAD", "OPTIONS")
+    RPC_METHODS = ("POST", "OPTIONS")
 
-    def allowed(self, allow: str) -> bool:
-        """True when the method is one `allow` lists (OPTIONS is answered here: 204 with
+    def allowed(self, methods: Tuple[str, ...]) -> bool:
+        """True when the method is one of `methods` (OPTIONS is answered here: 204 with
         Allow); else answer 405 with Allow (RFC 9110 §15.5.6), or 501 for a method HTTP
         does not define (§15.6.2), and False."""
         method = self.command
+        if method in methods and method != "OPTIONS":
+            return True
+        allow = ", ".join(methods)
         if method == "OPTIONS":
             self.send(self.response_bytes(204, b"", "text/plain; charset=utf-8",
                                           self.close_connection, extra="Allow: %s\r\n"
                                           % allow), 204)
             return False
-        if method in allow.split(", "):
-            return True
         if method in KNOWN_METHODS:
             self.fail(405, "This resource takes %s." % allow, extra="Allow: %s\r\n" % allow)
         else:
@@ -3434,7 +3459,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         target = self.path
         if target == "*":                                 # OPTIONS * (RFC 9110 §9.3.7)
             if self.command == "OPTIONS":
-                self.allowed("GET, HEAD, POST, OPTIONS")
+                self.allowed(("GET", "HEAD", "POST", "OPTIONS"))
             else:
                 self.fail(400, "Only OPTIONS takes the target *.")
             return
