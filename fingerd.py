@@ -2831,6 +2831,8 @@ _FRAMING_FIELD = re.compile(rb"(?im)^(?:content-length|transfer-encoding)[ \t]*:
 # A request line as RFC 9112 §3 has it; any other line is refused as it stands, at once,
 # since no header block may follow it (HTTP/0.9, TLS sent to the plain port, garbage).
 _REQUEST_LINE = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+ [^ \x00-\x1f\x7f]+ HTTP/[0-9]\.[0-9]\r?\n\Z")
+_METHOD_START = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]*(?: |\Z)")
+_RFC850_YEAR = re.compile(r"-([0-9]{2}) ")
 _ASCTIME = re.compile(r"[A-Z][a-z]{2} [A-Z][a-z]{2} [ 0-9][0-9] [0-9]{2}:[0-9]{2}:[0-9]{2} "
                       r"[0-9]{4}\Z")
 # RFC 9110 §9: the methods HTTP defines; any other is 501, one a resource does not take 405.
@@ -2990,6 +2992,7 @@ def render_feed(changes: Sequence[Tuple[str, Optional[Status], float]], base: st
 
 
 GZIP_MIN = 1024      # bytes: smaller bodies gain less from gzip than its header costs
+WEBFINGER_CORS = "Access-Control-Allow-Origin: *\r\n"     # RFC 7033 §5
 SHARED_BODY = 65536  # bytes: larger cached bodies are sent without copying them
 
 
@@ -3112,14 +3115,24 @@ def http_date_seconds(text: str) -> Optional[float]:
     IMF-fixdate, RFC 850 and asctime forms, all GMT whatever the host's TZ; a date with
     another zone is not an HTTP date)."""
     text = text.strip(" \t")
-    if not (text.endswith(" GMT") or _ASCTIME.match(text)):
-        return None
+    if not (text.endswith(" GMT") or _ASCTIME.match(text)) or text.count(",") > 1:
+        return None                      # another zone, or a list of dates
     try:
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:              # asctime, or '-0000': GMT by definition
         when = when.replace(tzinfo=datetime.timezone.utc)
+    short = _RFC850_YEAR.search(text)
+    if short:                            # a two-digit year: at most 50 years ahead (§5.6.7)
+        this_year = datetime.datetime.now(datetime.timezone.utc).year
+        year = this_year - this_year % 100 + int(short.group(1))
+        if year > this_year + 50:
+            year -= 100
+        try:
+            when = when.replace(year=year)
+        except ValueError:               # 29 February of a year that has none
+            return None
     try:
         return when.timestamp()
     except (OverflowError, OSError, ValueError):
@@ -3127,6 +3140,14 @@ def http_date_seconds(text: str) -> Optional[float]:
 
 
 _SANE_HOST = re.compile(r"[A-Za-z0-9.\-_:\[\]]+")
+# RFC 9110 §7.2 / RFC 3986 §3.2.2: reg-name or IP-literal, then an optional port.
+_HOST_FIELD = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(?::([0-9]{0,5}))?")
+
+
+def valid_host(value: str) -> bool:
+    """True when a Host (or X-Forwarded-Host) value is uri-host [":" port], port ≤ 65535."""
+    match = _HOST_FIELD.fullmatch(value)
+    return bool(match) and not (match.group(1) and int(match.group(1)) > 65535)
 
 
 class HeaderFields(dict):
@@ -3207,6 +3228,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     @classmethod
     def request_length(cls, buf, eof):
         start = len(buf) - len(buf.lstrip(b"\r\n"))     # stray CRLFs between requests
+        if start > 8 or not _METHOD_START.match(buf, start):
+            return len(buf)          # a flood of empty lines, or bytes no request starts with
         line_end = buf.find(b"\n", start)
         if (line_end < 0 and len(buf) - start > MAX_REQUEST_LINE + 1) \
                 or line_end - start > MAX_REQUEST_LINE + 1:
@@ -3265,8 +3288,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
                        head_only: bool = False, extra: str = "") -> bytes:
         reason = http.server.BaseHTTPRequestHandler.responses.get(code, ("",))[0]
         if code == 204:                  # no content, and no Content-Length (RFC 9110 §8.6)
-            return ("HTTP/1.1 204 %s\r\nDate: %s\r\nServer: %s\r\n%sConnection: %s\r\n\r\n"
-                    % (reason, http_date(), cls.server_version, extra,
+            return ("HTTP/1.1 204 %s\r\nDate: %s\r\nServer: %s\r\n%s%sConnection: %s\r\n\r\n"
+                    % (reason, http_date(), cls.server_version, SECURITY_HEADERS, extra,
                        "close" if close else "keep-alive")).encode("latin-1")
         head = ("HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s"
                 "Content-Type: %s\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n"
@@ -3346,6 +3369,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         hosts = field("host")
         if len(hosts) > 1:
             return self.fail(400, "A request has one Host header.")
+        if hosts and not valid_host(hosts[0]):
+            return self.fail(400, "The Host header is not a host name or address.")
         if version == "HTTP/1.1" and not hosts:
             return self.fail(400, "HTTP/1.1 requests need a Host header.")
         codings, lengths = field("transfer-encoding"), field("content-length")
@@ -3424,7 +3449,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if match is not None:
             tags = [t.strip() for t in match.split(",")]
             return "*" in tags or etag in tags or "W/" + etag in tags
-        since = self.headers.get("If-Modified-Since")
+        dates = self.headers.values_of("if-modified-since")
+        since = dates[0] if len(dates) == 1 else None      # two of them: neither holds
         if since and page.last_modified and self.command in ("GET", "HEAD"):
             when = http_date_seconds(since)
             return when is not None and int(page.last_modified) <= when
@@ -3435,7 +3461,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
     PAGE_METHODS = ("GET", "HEAD", "OPTIONS")
     RPC_METHODS = ("POST", "OPTIONS")
 
-    def allowed(self, methods: Tuple[str, ...]) -> bool:
+    def allowed(self, methods: Tuple[str, ...], cors: str = "") -> bool:
         """True when the method is one of `methods` (OPTIONS is answered here: 204 with
         Allow); else answer 405 with Allow (RFC 9110 §15.5.6), or 501 for a method HTTP
         does not define (§15.6.2), and False."""
@@ -3443,10 +3469,11 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if method in methods and method != "OPTIONS":
             return True
         allow = ", ".join(methods)
-        if method == "OPTIONS":
+        if method == "OPTIONS":      # with CORS, this also answers a browser's preflight
             self.send(self.response_bytes(204, b"", "text/plain; charset=utf-8",
-                                          self.close_connection, extra="Allow: %s\r\n"
-                                          % allow), 204)
+                                          self.close_connection, extra="Allow: %s\r\n%s"
+                                          % (allow, cors and cors + "Access-Control-Allow-"
+                                             "Methods: %s\r\n" % allow)), 204)
             return False
         if method in KNOWN_METHODS:
             self.fail(405, "This resource takes %s." % allow, extra="Allow: %s\r\n" % allow)
@@ -3481,7 +3508,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             if self.allowed(self.RPC_METHODS):
                 self.xmlrpc()
             return
-        if not self.allowed(self.PAGE_METHODS):
+        if not self.allowed(self.PAGE_METHODS, WEBFINGER_CORS if path == "/.well-known/webfinger"
+                            else ""):
             return
         if path == "/healthz":
             ok, reason = self.server.monitor.health()
@@ -3526,12 +3554,17 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if not trusted or not isinstance(peer, tuple) or not in_networks(peer[0], trusted):
             return True
         headers = self.headers
-        hops, scheme, host = forwarded_fields(headers.get_all("Forwarded") or ())
-        if not hops:
-            hops = [h.strip(" \t") for h in ",".join(headers.get_all("X-Forwarded-For") or ())
-                    .split(",") if h.strip(" \t")]
+        # One family of headers, never a mix: X-Forwarded-* when the proxy sent
+        # X-Forwarded-For (nginx, Caddy, HAProxy and Apache set it), else Forwarded.  A proxy
+        # passes the other family through from the client untouched, so it proves nothing.
+        forwarded_for = headers.get_all("X-Forwarded-For")
+        if forwarded_for:
+            hops = [h.strip(" \t") for h in ",".join(forwarded_for).split(",")
+                    if h.strip(" \t")]
             scheme = (headers.get("X-Forwarded-Proto") or "").strip(" \t").lower()
             host = (headers.get("X-Forwarded-Host") or "").split(",")[0].strip(" \t")
+        else:
+            hops, scheme, host = forwarded_fields(headers.get_all("Forwarded") or ())
         client = None
         for hop in reversed(hops):
             address = bare_address(hop)
@@ -3542,7 +3575,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
                 break
         if scheme in ("http", "https"):
             self.forwarded_scheme = scheme
-        if host and len(host) <= 255 and _SANE_HOST.fullmatch(host):
+        if host and len(host) <= 255 and valid_host(host) and _SANE_HOST.fullmatch(host):
             self.forwarded_host = host
         if client is None:
             return True
@@ -3571,7 +3604,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     def webfinger(self) -> None:
         """RFC 7033: ?resource=acct:USER@HOST (rel= filters the links)."""
-        cors = "Access-Control-Allow-Origin: *\r\nCache-Control: no-cache\r\n"
+        cors = WEBFINGER_CORS + "Cache-Control: no-cache\r\n"
         try:
             query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
                                           keep_blank_values=True, max_num_fields=20)

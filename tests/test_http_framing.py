@@ -106,7 +106,9 @@ class FramingTest(unittest.TestCase):
                      b"Host: x\r\nX-Abc: \rxTransfer-Encoding: chunked\r\n",   # aiohttp #7664
                      b"Host: x\r\nTransfer-Encoding : chunked\r\n",            # gunicorn #2176
                      b"Host: x\r\nBad Name: y\r\n", b"Host: x\r\n: empty\r\n",
-                     b"Host: x\r\nHost: y\r\n", b""):
+                     b"Host: x\r\nHost: y\r\n", b"",
+                     b"Host: a b\r\n", b"Host: evil@x\r\n", b'Host: x"><script>\r\n',
+                     b"Host: [::1\r\n", b"Host: x:99999\r\n"):
             with self.subTest(head=head):
                 self.assert_refused_and_closed(b"GET /alice HTTP/1.1\r\n" + head + b"\r\n", 400)
         self.assert_refused_and_closed(
@@ -114,7 +116,8 @@ class FramingTest(unittest.TestCase):
 
     def test_bad_request_lines_are_answered_at_once(self):
         for line in (b"GET /alice\r\n", b"GET /alice\n", b"GET\r\n", b"GET /a\rb HTTP/1.1\r\n",
-                     b"GET  /alice HTTP/1.1\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\n"):
+                     b"GET  /alice HTTP/1.1\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\n",
+                     b"\x01\x02\x03\xff\xfe", b"\x16\x03\x01\x02\x00", b"\r\n" * 100):
             with self.subTest(line=line):
                 start = time.monotonic()
                 with connect(self.port) as sock:
@@ -199,6 +202,11 @@ class MethodTest(unittest.TestCase):
                 code, headers, body = self.one(b"OPTIONS " + target + b" HTTP/1.1\r\nHost: x\r\n")
                 self.assertEqual((code, headers.get("allow"), body), (204, allow, b""))
                 self.assertNotIn("content-length", headers)
+                self.assertEqual(headers.get("x-content-type-options"), "nosniff")
+        code, headers, _ = self.one(b"OPTIONS /.well-known/webfinger HTTP/1.1\r\nHost: x\r\n"
+                                    b"Origin: https://a.example\r\n"
+                                    b"Access-Control-Request-Method: GET\r\n")
+        self.assertEqual((code, headers.get("access-control-allow-origin")), (204, "*"))
 
     def test_405_names_what_is_allowed_and_501_for_unknown_methods(self):
         for method, target, code, allow in (
@@ -243,9 +251,26 @@ class DateTest(unittest.TestCase):
             with self.subTest(date=date):
                 self.assertEqual(self.code(b"If-Modified-Since: " + date), 304)
         for date in (b"Tue, 14 Nov 2023 21:13:20 GMT", b"Tue Nov 14 21:13:20 2023",
-                     b"Tuesday, 14-Nov-23 14:13:20 GMT"):
+                     b"Tuesday, 14-Nov-23 14:13:20 GMT",
+                     b"Tue, 14 Nov 2023 22:13:20 GMT, Tue, 14 Nov 2023 22:13:20 GMT"):
             with self.subTest(date=date):
                 self.assertEqual(self.code(b"If-Modified-Since: " + date), 200)
+
+    def test_two_digit_years_are_at_most_50_years_ahead(self):
+        # Python alone reads 69-99 as 19xx; RFC 9110 §5.6.7 reads 45 years ahead as ahead
+        # (after Last-Modified: 304) and 60 years ahead as 40 years ago (before it: 200).
+        this_year = time.gmtime().tm_year
+        ahead = (this_year + 45) % 100
+        behind = (this_year + 60) % 100
+        self.assertEqual(self.code(b"If-Modified-Since: Saturday, 30-Nov-%02d 12:00:00 GMT"
+                                   % ahead), 304)
+        self.assertEqual(self.code(b"If-Modified-Since: Saturday, 30-Nov-%02d 12:00:00 GMT"
+                                   % behind), 200)
+
+    def test_two_if_modified_since_fields_are_ignored(self):
+        date = b"If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT"
+        self.assertEqual(self.code(date), 304)
+        self.assertEqual(self.code(date, date), 200)
 
     def test_invalid_dates_are_ignored(self):
         # tornado #3408 and twisted #3601: a date that does not parse gave a 500; CPython

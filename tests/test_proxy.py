@@ -36,6 +36,7 @@ http {{
     upstream fingerd {{ server 127.0.0.1:{upstream}; keepalive 8; }}
     server {{
         listen 127.0.0.1:{port};
+        server_name finger.test;
         location / {{
             proxy_pass http://fingerd;
             proxy_http_version 1.1;
@@ -113,6 +114,25 @@ class BehindNginxTest(unittest.TestCase):
         proxy = xmlrpc.client.ServerProxy("http://127.0.0.1:%d/RPC2" % self.port)
         self.assertEqual(proxy.getUser("alice"), "Happy and well")
         self.assertEqual(proxy.getUsers(), ["alice", "bob"])
+
+    def test_an_http_1_0_client_without_host_is_served_through_the_proxy(self):
+        self.start("--rate", "0")
+        with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"GET /alice HTTP/1.0\r\n\r\n")
+            code, _, body = ResponseReader(sock).read()
+        self.assertEqual((code, b"Happy and well" in body), (200, True))
+
+    def test_a_forwarded_header_from_the_client_is_not_believed_through_the_proxy(self):
+        # nginx sets X-Forwarded-For but passes the client's own Forwarded through.
+        self.start()
+        codes = [get(self.port, "/alice", source="127.0.0.2",
+                     headers=b"Forwarded: for=10.0.1.%d;proto=https;host=evil.example\r\n" % n)[0]
+                 for n in range(8)]
+        self.assertIn(429, codes)
+        self.assertNotIn("10.0.1.", self.daemon.log)
+        code, _, body = get(self.port, "/alice.json", source="127.0.0.3",
+                            headers=b"Forwarded: proto=https;host=evil.example\r\n")
+        self.assertNotIn(b"evil.example", body)
 
     def test_links_use_the_host_and_scheme_the_client_asked_the_proxy_for(self):
         self.start("--rate", "0")
