@@ -3657,7 +3657,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             data = xmlrpc.client.dumps(xmlrpc.client.Fault(1, refusal),
                                        methodresponse=True).encode("utf-8")
         else:
-            data = self.server.rpc()._marshaled_dispatch(body)
+            data = self.server.rpc_answer(body)
         self.send(self.response_bytes(200, data, "text/xml; charset=utf-8",
                                       self.close_connection), 200)
 
@@ -3686,6 +3686,28 @@ class WebServer(PooledTCPServer):
         self.monitor.servers = [self]
         self._pages: Dict[Tuple[str, str], Tuple[int, Page]] = {}
         self._pages_lock = threading.Lock()
+
+    max_cached_rpc = 1024          # XML-RPC answers kept per store version
+    _rpc_answers: Dict[bytes, bytes] = {}
+    _rpc_version = -1
+
+    def rpc_answer(self, body: bytes) -> bytes:
+        """The XML-RPC response to a call.  Every method only reads, so while the store is
+        unchanged the same call has the same answer: a federated front-end asking for
+        the same users again is answered from here, as pages are (faults are not kept)."""
+        store = self.store
+        if store.blocking or len(body) > 4096:
+            return self.rpc()._marshaled_dispatch(body)
+        if store.version != self._rpc_version:
+            self._rpc_answers, self._rpc_version = {}, store.version
+        data = self._rpc_answers.get(body)
+        if data is None:
+            data = self.rpc()._marshaled_dispatch(body)
+            if b"<fault>" not in data:
+                if len(self._rpc_answers) >= self.max_cached_rpc:
+                    self._rpc_answers = {}
+                self._rpc_answers[body] = data
+        return data
 
     def rpc(self):
         """The XML-RPC dispatcher, made on first use."""

@@ -391,6 +391,7 @@ class RemoteStoreTest(unittest.TestCase):
         store = fingerd.RemoteStore([url], refresh=30, timeout=2)
         self.assertEqual(store.get("alice").text, "Happy")
         server.store._data["alice"] = Status("Changed", 2.0)
+        server.store.version += 1                 # a change, as every store reports one
         self.assertEqual(store.get("alice").text, "Happy")        # within --refresh
         store.refresh_seconds = 0
         self.assertEqual(store.get("alice").text, "Changed")
