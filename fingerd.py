@@ -20,10 +20,11 @@ Backends (--backend): sqlite (default; durable, group-committed writes), memory 
 seeded from --users-file), file (the admin's "user: status" file, re-read when it changes),
 pwd (local accounts' ~/.plan), process (the local finger program), xmlrpc (other servers).
 
-Every connection is read by one epoll loop with a size cap and one overall deadline before
-any handler runs, so idle or trickling clients cost no thread; handlers run inline when the
-store never blocks, else on a small bounded pool of worker threads.  Everything sent is
-filtered of control characters and terminal escape sequences.
+Every connection is read by one selectors loop (epoll on Linux) with a size cap and one
+deadline before any handler runs, so idle or trickling clients cost no thread; handlers run
+inline when the store never blocks, else on a small bounded pool of worker threads.  A failure
+while serving one connection, request or message is contained: answered, counted, logged.
+Everything sent is filtered of control characters and terminal escape sequences.
 
 Usage:
     ./fingerd --finger 7979 --setter 7980 --backend sqlite --db ./fingerd.db
