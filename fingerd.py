@@ -1694,14 +1694,8 @@ class ClientLimiter:
             return None
         if self.max_conns and self.open.get(key, 0) >= self.max_conns:
             return Refusal.TOO_MANY
-        if self.rate:
-            now = self.clock()
-            tokens, when = self.buckets.get(key, (2 * self.rate, now))
-            tokens = min(2 * self.rate, tokens + (now - when) * self.rate)
-            if tokens < 1:
-                self.buckets[key] = (tokens, now)
-                return Refusal.TOO_MANY
-            self.buckets[key] = (tokens - 1, now)
+        if not self._take_token(key):
+            return Refusal.TOO_MANY
         self.open[key] = self.open.get(key, 0) + 1
         return None
 
@@ -1709,16 +1703,22 @@ class ClientLimiter:
         """The rate limit for one request of a client behind a trusted proxy (whose
         connections are the proxy's): None when allowed, else Refusal.TOO_MANY."""
         key = self.key((address, 0))
-        if key is None or not self.rate:
+        if key is None or self._take_token(key):
             return None
+        return Refusal.TOO_MANY
+
+    def _take_token(self, key: str) -> bool:
+        """One token from key's bucket (`rate` a second, up to twice that); False if none."""
+        if not self.rate:
+            return True
         now = self.clock()
         tokens, when = self.buckets.get(key, (2 * self.rate, now))
         tokens = min(2 * self.rate, tokens + (now - when) * self.rate)
         if tokens < 1:
             self.buckets[key] = (tokens, now)
-            return Refusal.TOO_MANY
+            return False
         self.buckets[key] = (tokens - 1, now)
-        return None
+        return True
 
     def release(self, peer) -> None:
         key = self.key(peer)
@@ -2442,6 +2442,24 @@ class PooledTCPServer(socketserver.TCPServer):
 
 # -- Finger (RFC 1288) --------------------------------------------------------------------
 
+class VersionCache:
+    """Answers kept while the store's version is unchanged, at most `size` of them (then it
+    starts afresh): rendered once per change, not once per request.  One thread only."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.version, self.values = size, -1, {}
+
+    def get(self, version: int, key):
+        if version != self.version:
+            self.values, self.version = {}, version
+        return self.values.get(key)
+
+    def put(self, key, value) -> None:
+        if len(self.values) >= self.size:
+            self.values = {}
+        self.values[key] = value
+
+
 class FingerQuery(NamedTuple):
     """A parsed finger query: /W given, the names asked for, whether it asks to forward."""
     verbose: bool
@@ -2570,10 +2588,7 @@ class FingerServer(PooledTCPServer):
         self.store = store
         self.allow_list = allow_list
         self.inline = not store.blocking
-        self._answers: Dict[str, bytes] = {}      # query line -> reply, for _answers_version
-        self._answers_version = -1
-
-    max_cached_answers = 1024
+        self._answers = VersionCache(1024)         # query line -> reply
 
     def answer(self, line: str) -> bytes:
         """The reply to one query line.  While the store is unchanged, replies that do not
@@ -2582,18 +2597,13 @@ class FingerServer(PooledTCPServer):
         store = self.store
         if store.blocking:
             return answer_finger(store, line, self.allow_list)
-        version = store.version
-        if version != self._answers_version:
-            self._answers, self._answers_version = {}, version
-        reply = self._answers.get(line)
+        reply = self._answers.get(store.version, line)
         if reply is None:
             reply = answer_finger(store, line, self.allow_list)
             words = line.split(None, 1)
             if not (words and words[0].upper() == "/W") and not reply.startswith(
                     UNAVAILABLE.encode()):
-                if len(self._answers) >= self.max_cached_answers:
-                    self._answers = {}
-                self._answers[line] = reply
+                self._answers.put(line, reply)
         return reply
 
 
@@ -3679,6 +3689,7 @@ class WebServer(PooledTCPServer):
         super().__init__(address, WebHandler, sock=sock)
         self.trusted_proxies = list(trusted_proxies)
         self.public_url = public_url.rstrip("/")
+        self._rpc_answers = VersionCache(1024)     # call body -> response, inline only
         self.store = store
         self.inline = not store.blocking
         self._rpc = None
@@ -3688,10 +3699,6 @@ class WebServer(PooledTCPServer):
         self._pages: Dict[Tuple[str, str], Tuple[int, Page]] = {}
         self._pages_lock = threading.Lock()
 
-    max_cached_rpc = 1024          # XML-RPC answers kept per store version
-    _rpc_answers: Dict[bytes, bytes] = {}
-    _rpc_version = -1
-
     def rpc_answer(self, body: bytes) -> bytes:
         """The XML-RPC response to a call.  Every method only reads, so while the store is
         unchanged the same call has the same answer: a federated front-end asking for
@@ -3699,15 +3706,11 @@ class WebServer(PooledTCPServer):
         store = self.store
         if store.blocking or len(body) > 4096:
             return self.rpc()._marshaled_dispatch(body)
-        if store.version != self._rpc_version:
-            self._rpc_answers, self._rpc_version = {}, store.version
-        data = self._rpc_answers.get(body)
+        data = self._rpc_answers.get(store.version, body)
         if data is None:
             data = self.rpc()._marshaled_dispatch(body)
             if b"<fault>" not in data:
-                if len(self._rpc_answers) >= self.max_cached_rpc:
-                    self._rpc_answers = {}
-                self._rpc_answers[body] = data
+                self._rpc_answers.put(body, data)
         return data
 
     def rpc(self):
