@@ -2735,15 +2735,7 @@ class SetterServer(PooledTCPServer):
         return b"ERROR " + str(error).encode("utf-8") + b"\r\n"
 
     def verify_request(self, request, client_address) -> bool:
-        if not self.allow:
-            return True
-        try:
-            addr = ipaddress.ip_address(client_address[0].split("%")[0])
-        except ValueError:
-            return False
-        if getattr(addr, "ipv4_mapped", None):
-            addr = addr.ipv4_mapped
-        return any(addr in net for net in self.allow)
+        return not self.allow or in_networks(client_address[0], self.allow)
 
 
 def peer_credentials(sock: socket.socket) -> Tuple[int, int, int]:
