@@ -37,6 +37,7 @@ Standard library only, Python 3.9+.  Copy this one file anywhere and run it.
 import argparse
 import base64
 import bisect
+import codecs
 import datetime
 import email.utils
 import enum
@@ -46,6 +47,7 @@ import html
 import http.client
 import http.server
 import io
+import itertools
 import json
 import ipaddress
 import logging
@@ -230,18 +232,32 @@ FAULTS = Faults()
 # Names made only of dots ('.', '..') are refused: they are paths, not people.
 NAME_RE = re.compile(r"(?!\.+\Z)[A-Za-z0-9._][A-Za-z0-9._-]{0,%d}\Z" % (MAX_NAME - 1))
 
-# Terminal escape sequences are removed whole, so that no "[31m" residue is left behind:
-# OSC/DCS/SOS/PM/APC strings (to BEL or ST), CSI sequences (7- and 8-bit), other ESC forms.
+# What text may hold -- the one definition, for every surface.
+#
+# XML 1.0 §2.2 allows #x9 #xA #xD [#x20-#xD7FF] [#xE000-#xFFFD] [#x10000-#x10FFFF]; less the
+# 66 noncharacters (Unicode §23.7: U+FDD0-U+FDEF and the last two of every plane), which
+# XML discourages and no interchange needs.  Nothing fingerd emits holds anything else, so a
+# status can never make an XML-RPC answer or the Atom feed not well-formed.
+_NONCHARACTERS = "\ufdd0-\ufdef" + "".join(
+    chr(plane + 0xfffe) + chr(plane + 0xffff) for plane in range(0, 0x110000, 0x10000))
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff%s]" % _NONCHARACTERS)
+# A stored status is stricter: lines joined by LF, and within a line no control character
+# but TAB (C0, DEL, C1: so CR, FF, VT, NEL are gone too), no terminal escape sequence, and
+# none of the invisible format characters that reorder or hide text (bidi overrides, "Trojan
+# Source"), BOM.  Terminal escape sequences are removed whole, so that no "[31m" residue is
+# left: OSC/DCS/SOS/PM/APC strings (to BEL or ST), CSI sequences (7- and 8-bit), other ESC
+# forms.
 _ESCAPE_SEQUENCE = re.compile(
     r"(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
     r"|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
     r"|\x1b[\x20-\x2f]*[\x30-\x7e]?")
-# What is left after that and never reaches a peer: C0 but TAB, DEL, C1, and the invisible
-# format characters that reorder or hide text (bidi overrides, "Trojan Source"), BOM.
 _UNSAFE_CHARS = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff"
-    "\ufff9-\ufffb]")
-_LINE_BREAKS = re.compile("\r\n|[\r\n\u2028\u2029\x85\x0b\x0c]")
+    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
+    "\ufff9-\ufffb\ud800-\udfff%s]" % _NONCHARACTERS)
+# Records (a users file's lines, a status's lines) end in LF or CRLF, nothing else: FF, VT,
+# NEL, U+2028 and U+2029 inside a line are text, filtered as above (str.splitlines() would
+# split on them).
+_LINE_END = re.compile("\r?\n")
 
 
 def valid_name(name: str) -> bool:
@@ -250,19 +266,21 @@ def valid_name(name: str) -> bool:
 
 
 def clean_line(text: str) -> str:
-    """One line made safe for any terminal: no controls (TAB kept), no escape sequences."""
+    """One line as fingerd stores and shows it: no control character but TAB, no escape
+    sequence, no noncharacter or lone surrogate, no bidi override (see _UNSAFE_CHARS)."""
     if text.isprintable():          # the common case costs one C-level scan
         return text
     return _UNSAFE_CHARS.sub("", _ESCAPE_SEQUENCE.sub("", text))
 
 
 def split_lines(text: str) -> List[str]:
-    """Lines of text whatever its line endings (CRLF, CR, LF, Unicode separators)."""
-    return _LINE_BREAKS.split(text)
+    """The lines of text ending in LF or CRLF; no other character ends a line."""
+    return _LINE_END.split(text)
 
 
 def clean_text(text: str) -> str:
-    """A status as stored and shown: safe lines joined by LF, trailing blanks trimmed."""
+    """A status as stored and shown: clean_line() lines joined by LF, trailing blanks and
+    leading and trailing empty lines trimmed."""
     lines = [clean_line(line).rstrip() for line in split_lines(text)]
     while lines and not lines[-1]:
         lines.pop()
@@ -271,15 +289,59 @@ def clean_text(text: str) -> str:
     return "\n".join(lines)
 
 
+def xml_safe(text: str) -> str:
+    """text with every character XML 1.0 forbids (or discourages: noncharacters) removed;
+    the last check on what goes out as XML-RPC or Atom."""
+    return _NOT_XML.sub("", text) if _NOT_XML.search(text) else text
+
+
 def decode_peer(data: bytes) -> str:
     """Peer bytes as text: invalid, overlong or surrogate UTF-8 becomes U+FFFD, never an error."""
     return data.decode("utf-8", "replace")
 
 
+# Windows-1252 leaves 0x81 0x8D 0x8F 0x90 0x9D undefined; they are read as Latin-1 (C1
+# controls, then filtered), so that the legacy reading never fails.
+codecs.register_error("fingerd-latin-1", lambda e: (
+    e.object[e.start:e.end].decode("latin-1"), e.end))
+
+
+def decode_text(data: bytes, source: str = "", cut: bool = False) -> str:
+    """Bytes a person wrote (a .plan, the users file, an @ARGFILE, a program's output, a
+    GECOS field) as text, decided per file: UTF-8 with its BOM removed (or UTF-16 when it
+    starts with a UTF-16 BOM); when it is not valid UTF-8, Windows-1252 (whose five
+    undefined bytes read as Latin-1), as on long-lived shared hosts.  `cut`: the data was cut
+    at a size limit, so a character cut in two at its end is dropped, not shown as U+FFFD.
+    The fallback is logged at debug level, naming `source`."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return codecs.getincrementaldecoder("utf-16")("replace").decode(data, final=not cut)
+    if data[:3] == b"\xef\xbb\xbf":
+        data = data[3:]
+    try:
+        return codecs.getincrementaldecoder("utf-8")().decode(data, final=not cut)
+    except UnicodeDecodeError:
+        if source:
+            log.debug("%s is not UTF-8; read as Windows-1252", source)
+        return data.decode("cp1252", "fingerd-latin-1")
+
+
+def os_text(text: str, source: str = "") -> str:
+    """A string Python made from OS bytes (argv, pwd fields: undecodable bytes kept as lone
+    surrogates) decoded again as decode_text() decodes files."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return decode_text(os.fsencode(text), source)
+
+
 def shown_name(name: str) -> str:
-    """A peer-supplied name made safe to echo: filtered and cut to MAX_NAME characters."""
+    """A peer-supplied name made safe to echo: filtered and cut to MAX_NAME characters
+    (then '...': fingerd's own words on finger are ASCII)."""
     name = clean_line(name)
-    return name if len(name) <= MAX_NAME else name[:MAX_NAME] + "\u2026"
+    return name if len(name) <= MAX_NAME else name[:MAX_NAME] + "..."
 
 
 def format_time(epoch: float, now: Optional[float] = None) -> str:
@@ -595,11 +657,13 @@ class DictStore(Store):
 def parse_users(text: str, source: str = "users file") -> Dict[str, Status]:
     """The seeds' /etc/users format: 'user: status' per line, split on the first colon.
 
-    Blank lines and '#' comments are ignored; a malformed line is skipped with a warning that
-    names its line number.  A status may use '\\n' for a line break."""
+    Records are lines ending in LF or CRLF (split_lines): a form feed or U+2028 inside one is
+    text, filtered as in any status.  Blank lines and '#' comments are ignored; a malformed
+    line is skipped with a warning that names its line number.  A status may use '\\n' for a
+    line break."""
     users = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        stripped = line.strip()
+    for number, line in enumerate(split_lines(text), 1):
+        stripped = line.strip(" \t")
         if not stripped or stripped.startswith("#"):
             continue
         user, colon, status = stripped.partition(":")
@@ -608,7 +672,7 @@ def parse_users(text: str, source: str = "users file") -> Dict[str, Status]:
             log.warning("%s line %d skipped: expected 'user: status' with a valid name, got %r",
                         source, number, stripped[:80])
             continue
-        users[user] = Status(clean_text(status.strip().replace("\\n", "\n")))
+        users[user] = Status(clean_text(status.strip(" \t").replace("\\n", "\n")))
     return users
 
 
@@ -626,13 +690,15 @@ class MemoryStore(DictStore):
 
 
 def read_users_file(path: str) -> str:
-    """The text of a users file, at most MAX_USERS_FILE bytes; raises OSError."""
+    """The text of a users file (decode_text()), at most MAX_USERS_FILE bytes; raises
+    OSError."""
     with open(path, "rb") as f:
         data = f.read(MAX_USERS_FILE + 1)
-    if len(data) > MAX_USERS_FILE:
+    cut = len(data) > MAX_USERS_FILE
+    if cut:
         log.warning("%s is over %d bytes; only the start is read", path, MAX_USERS_FILE)
         data = data[:MAX_USERS_FILE]
-    return decode_peer(data)
+    return decode_text(data, path, cut)
 
 
 class Refresher:
@@ -982,7 +1048,8 @@ def read_owned_file(path: str, uid: int, limit: int = PLAN_LIMIT
 
     Never follows a symlink (O_NOFOLLOW: ~/.plan -> /etc/shadow), never waits on a FIFO or a
     device (O_NONBLOCK, then fstat must show a regular file), never reads a file someone else
-    owns (a hard link to a root file), never reads more than `limit` bytes."""
+    owns (a hard link to a root file), never reads more than `limit` bytes.  The text is
+    decode_text()'s: UTF-8, else Windows-1252, never a character cut in two."""
     flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
     try:
         fd = os.open(path, flags)
@@ -1004,7 +1071,27 @@ def read_owned_file(path: str, uid: int, limit: int = PLAN_LIMIT
     finally:
         os.close(fd)
     data = b"".join(chunks)
-    return decode_peer(data[:limit]), st.st_mtime, len(data) > limit
+    return decode_text(data[:limit], path, len(data) > limit), st.st_mtime, len(data) > limit
+
+
+def gecos_details(gecos: str, login: str) -> List[Tuple[str, str]]:
+    """The GECOS field as finger(1) shows it (passwd(5), BSD chfn): comma-separated full
+    name, office, office phone, home phone; '&' in the name is the login name capitalised.
+    -> [("Name", ...), ("Office", "ROOM, PHONE"), ("Home Phone", ...)], empty fields left
+    out.  Bytes that are not UTF-8 are read as decode_text() reads files."""
+    fields = [clean_line(field).strip() for field in
+              os_text(gecos, "the GECOS field of " + login).split(",")] + ["", "", "", ""]
+    name, office, office_phone, home_phone = fields[:4]
+    details = []
+    if name:
+        details.append(("Name", name.replace("&", login[:1].upper() + login[1:])))
+    if office and office_phone:
+        details.append(("Office", "%s, %s" % (office, office_phone)))
+    elif office or office_phone:
+        details.append(("Office" if office else "Office Phone", office or office_phone))
+    if home_phone:
+        details.append(("Home Phone", home_phone))
+    return details
 
 
 class PlanStore(Store):
@@ -1070,9 +1157,7 @@ class PlanStore(Store):
                 text += "\n[plan cut at %d KiB]" % (PLAN_LIMIT // 1024)
         details = []
         if verbose:
-            full_name = clean_line(pw.pw_gecos.split(",")[0]).strip()
-            if full_name:
-                details.append(("Name", full_name))
+            details.extend(gecos_details(pw.pw_gecos, pw.pw_name))
             project = read_owned_file(os.path.join(home, ".project"), uid)
             if project is not None and clean_text(project[0]):
                 details.append(("Project", clean_text(project[0]).split("\n")[0]))
@@ -1114,12 +1199,50 @@ class PlanStore(Store):
         self._refresher.stop()
 
 
+@functools.lru_cache(maxsize=None)
+def utf8_locale() -> str:
+    """The locale a program runs in for us: C.UTF-8 when this system has it (Debian always;
+    glibc 2.35 builds it in), else the first UTF-8 locale our own environment names."""
+    for name in ("C.utf8", "C.UTF-8"):
+        if os.path.isdir(os.path.join("/usr/lib/locale", name)):
+            return "C.UTF-8"
+    for variable in ("LC_ALL", "LC_CTYPE", "LANG"):
+        value = os.environ.get(variable, "")
+        if value.lower().replace("-", "").endswith("utf8"):
+            return value
+    return "C.UTF-8"
+
+
+# BSD finger (Debian's netkit-derived finger 0.17) prints every byte 0x80-0x9F as "M-^X"
+# whatever the locale, which cuts UTF-8 apart: the dash U+2014 (E2 80 94) comes out as
+# E2 "M-^@M-^T".  A run of bytes that is UTF-8 once those escapes are put back is put back.
+_FINGER_ESCAPED_UTF8 = re.compile(rb"[\xc2-\xf4](?:[\x80-\xbf]|M-\^[@-_]){1,3}")
+_FINGER_META = re.compile(rb"M-\^([@-_])")
+
+
+def unescape_finger(data: bytes) -> bytes:
+    """Output of finger(1) with the UTF-8 it escaped put back (see _FINGER_ESCAPED_UTF8);
+    every other byte, and an escape that is not part of UTF-8, is left as it is."""
+    if b"M-^" not in data:
+        return data
+
+    def restore(match):
+        raw = _FINGER_META.sub(lambda m: bytes((m.group(1)[0] + 0x40,)), match.group())
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return match.group()
+        return raw
+    return _FINGER_ESCAPED_UTF8.sub(restore, data)
+
+
 class ProcessStore(Store):
     """Statuses from the local finger program, run as PROGRAM -- USER without a shell.
 
     The name is validated first, so it can never be an option; the program gets 5 s, its own
-    process group (killed whole on time-out), no input, a minimal environment, and at most
-    64 KiB of its output is kept and filtered like every status."""
+    process group (killed whole on time-out), no input, a minimal environment in a UTF-8
+    locale (utf8_locale()), and at most 64 KiB of its output is kept, read as a file is
+    (decode_text(), after unescape_finger()) and filtered like every status."""
 
     name = "process"
     writable = False
@@ -1137,7 +1260,7 @@ class ProcessStore(Store):
 
     def run(self, *args: str) -> Tuple[int, str]:
         """(exit status, output) of PROGRAM ARGS; StoreUnavailable when it takes too long."""
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": "C.UTF-8"}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LC_ALL": utf8_locale()}
         try:
             proc = subprocess.Popen([self.program, *args], stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
@@ -1167,7 +1290,9 @@ class ProcessStore(Store):
             proc.wait()
         if timed_out:
             raise StoreUnavailable("%s took longer than %g s" % (self.program, self.timeout))
-        return proc.returncode, decode_peer(b"".join(chunks)[:PROGRAM_OUTPUT_LIMIT])
+        data = b"".join(chunks)
+        return proc.returncode, decode_text(unescape_finger(data[:PROGRAM_OUTPUT_LIMIT]),
+                                            self.program, len(data) > PROGRAM_OUTPUT_LIMIT)
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         if not valid_name(user):
@@ -1198,6 +1323,37 @@ class ProcessStore(Store):
                 self._changed()
             self._list = (time.monotonic(), found)
         return found
+
+
+_XML_ENCODING = re.compile(rb"\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
+_CHAR_REFERENCE = re.compile(r"&#(?:x([0-9A-Fa-f]{1,8})|([0-9]{1,10}));")
+
+
+def xml_chars_only(data: bytes, source: str = "") -> bytes:
+    """A UTF-8 XML document with what XML forbids taken out of its text (raw, as invalid
+    UTF-8, or as a character reference such as &#xFFFE;), so that one bad string in an
+    answer (an older server's status holding U+FFFF) does not make the whole answer, and
+    every other user in it, unreadable.  A document declaring another encoding is returned
+    as it is."""
+    declared = _XML_ENCODING.match(data)
+    if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
+        return data
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    cleaned = xml_safe(text if text is not None else data.decode("utf-8", "replace"))
+
+    def reference(match):
+        code = int(match.group(1), 16) if match.group(1) else int(match.group(2))
+        return match.group() if code <= 0x10FFFF and not _NOT_XML.match(chr(code)) else ""
+    if "&#" in cleaned:
+        cleaned = _CHAR_REFERENCE.sub(reference, cleaned)
+    if cleaned == text:
+        return data
+    if source:
+        log.debug("%s: characters XML forbids removed from an answer", source)
+    return cleaned.encode("utf-8")
 
 
 @functools.lru_cache(maxsize=None)
@@ -1258,7 +1414,7 @@ def remote_transport_class(secure: bool):
             if re.search(rb"<!(?:DOCTYPE|ENTITY)", data, re.I):
                 raise xmlrpc.client.ProtocolError(self.via, 502, "answer has a DTD", {})
             parser, unmarshaller = self.getparser()
-            parser.feed(bytes(data))
+            parser.feed(xml_chars_only(bytes(data), self.via))
             parser.close()
             return unmarshaller.close()
 
@@ -2467,6 +2623,28 @@ class FingerQuery(NamedTuple):
     forwarding: bool
 
 
+# RFC 854/855: IAC (255) starts a Telnet command: WILL/WONT/DO/DONT and an option byte,
+# SB ... IAC SE, or a single byte (NOP, AYT, GA, ...); IAC IAC is the data byte 255, and a
+# Telnet client sends a bare CR as CR NUL.
+_TELNET = re.compile(rb"\xff(?:\xfa.*?(?:\xff\xf0|\Z)|[\xfb-\xfe].?|[\xf0-\xf9\xff]?)|\r\x00",
+                     re.S)
+
+
+def strip_telnet(data: bytes) -> bytes:
+    """The bytes a Telnet client meant (RFC 742 asks finger servers to filter Telnet
+    commands): option negotiation and subnegotiation removed, IAC IAC read as 255, CR NUL
+    as CR.  `telnet host 79` then gets the answer nc gets."""
+    if b"\xff" not in data and b"\r\x00" not in data:
+        return data
+    return _TELNET.sub(lambda m: {b"\xff\xff": b"\xff", b"\r\x00": b"\r"}.get(m.group(), b""),
+                       data)
+
+
+def query_text(data: bytes) -> str:
+    """A finger query line's bytes as text: Telnet commands removed, then decode_peer()."""
+    return decode_peer(strip_telnet(data))
+
+
 def parse_query(line: str) -> FingerQuery:
     """RFC 1288 §2.3: [/W] [user ...] [@host...]; CRLF or a bare LF, any whitespace."""
     words = line.split()
@@ -2499,13 +2677,15 @@ def user_block(name: str, status: Optional[Status], verbose: bool, several: bool
 
 
 def list_lines(items: Sequence[Tuple[str, Status]]) -> List[str]:
-    """The user list: 'name: first line of status' per user."""
+    """The user list: 'name: first line of status' per user, ' ...' when it has more lines
+    (ASCII, like all of fingerd's own words on finger: RFC 1288 §3.3 clients escape the
+    rest)."""
     if not items:
         return [NO_USERS]
     lines = []
     for name, status in items:
         first, _, rest = status.text.partition("\n")
-        lines.append("%s: %s%s" % (name, clean_line(first), " \u2026" if rest else ""))
+        lines.append("%s: %s%s" % (name, clean_line(first), " ..." if rest else ""))
     return lines
 
 
@@ -2569,7 +2749,7 @@ class FingerHandler(BufferedRequestHandler):
         return cls.REFUSALS.get(reason, QUERY_TOO_LONG).encode() + b"\r\n"
 
     def handle(self) -> None:
-        line = decode_peer(self.rfile.read())
+        line = query_text(self.rfile.read())
         if self.server.log_queries:        # RFC 1288 §3.2.7: only when the admin asks
             log.info("finger query from %s: %r", describe_peer(self.client_address),
                      line.strip())
@@ -2629,10 +2809,11 @@ def parse_setter_request(data: bytes, caller: Optional[str] = None,
     it, header lines: 'expires: DURATION' sets an expiry, 'clear: yes' (and no status) clears
     the user's status; clearing is never implied, so a garbled request wipes nothing.
     Raises BadName or BadStatus."""
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadStatus("not UTF-8 text")
+    try:       # UTF-8; a lone surrogate (a lenient encoder's) is let in, then filtered
+        text = data.decode("utf-8", "surrogatepass")
+    except UnicodeDecodeError as e:
+        raise BadStatus("not UTF-8 text (byte %d); convert it first, e.g. iconv -f latin1 "
+                        "-t utf-8" % e.start)
     lines = text.replace("\r\n", "\n").split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -2689,7 +2870,7 @@ class SetterHandler(BufferedRequestHandler):
 
     def handle(self) -> None:
         try:
-            request = self.parse(self.rfile.read())
+            request = self.parse(strip_telnet(self.rfile.read()))
         except FingerdError as e:
             self.wfile.write(self.server.outcome(user="?", peer=self.client_address, error=e))
             return
@@ -2985,13 +3166,14 @@ def render_feed(changes: Sequence[Tuple[str, Optional[Status], float]], base: st
             "<content type=\"text\">%s</content></entry>"
             % (xml_text(title), xml_text(host), xml_text(name), "%.6f" % when,
                iso_time(when), xml_text(name), xml_text(page), xml_text(content)))
-    return ('<?xml version="1.0" encoding="utf-8"?>\n'
-            '<feed xmlns="http://www.w3.org/2005/Atom"><title>fingerd: status changes</title>'
-            '<id>tag:%s,2026:fingerd</id><updated>%s</updated>'
-            '<link rel="self" href="%s/feed.atom"/><link href="%s/"/>'
-            "<generator>fingerd %s</generator>%s</feed>\n"
-            % (xml_text(host), iso_time(updated), xml_text(base), xml_text(base),
-               __version__, "".join(entries)))
+    return xml_safe(
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<feed xmlns="http://www.w3.org/2005/Atom"><title>fingerd: status changes</title>'
+        '<id>tag:%s,2026:fingerd</id><updated>%s</updated>'
+        '<link rel="self" href="%s/feed.atom"/><link href="%s/"/>'
+        "<generator>fingerd %s</generator>%s</feed>\n"
+        % (xml_text(host), iso_time(updated), xml_text(base), xml_text(base),
+           __version__, "".join(entries)))
 
 
 GZIP_MIN = 1024      # bytes: smaller bodies gain less from gzip than its header costs
@@ -3694,13 +3876,14 @@ class WebServer(PooledTCPServer):
     def rpc_answer(self, body: bytes) -> bytes:
         """The XML-RPC response to a call.  Every method only reads, so while the store is
         unchanged the same call has the same answer: a federated front-end asking for
-        the same users again is answered from here, as pages are (faults are not kept)."""
+        the same users again is answered from here, as pages are (faults are not kept).
+        Nothing XML forbids goes out, whatever a method returned (xml_chars_only())."""
         store = self.store
         if store.blocking or len(body) > 4096:
-            return self.rpc()._marshaled_dispatch(body)
+            return xml_chars_only(self.rpc()._marshaled_dispatch(body))
         data = self._rpc_answers.get(store.version, body)
         if data is None:
-            data = self.rpc()._marshaled_dispatch(body)
+            data = xml_chars_only(self.rpc()._marshaled_dispatch(body))
             if b"<fault>" not in data:
                 self._rpc_answers.put(body, data)
         return data
@@ -3765,7 +3948,7 @@ IRC_TLS_PORT = 6697
 IRC_MAX_LINE = 512                    # RFC 1459 §2.3, CRLF included
 IRC_MAX_INCOMING = 8192               # IRCv3 tags can be long; longer lines are dropped
 IRC_RELAY_PREFIX = 80                 # ":nick!user@host " the server adds when relaying
-IRC_STATUS_LINES = 3                  # a multi-line status: at most this many lines, then "…"
+IRC_REPLY_LINES = 4                   # lines in one answer, wrapping included; then "…"
 IRC_PING_AFTER = 120.0                # silence before we PING the server ourselves
 IRC_PING_TIMEOUT = 60.0               # no answer to our PING in this long: the link is dead
 IRC_REGISTER_TIMEOUT = 60.0           # no welcome (001) in this long: try again
@@ -3845,31 +4028,52 @@ def irc_param(text: str) -> str:
     return text.replace("\r", "").replace("\n", "").replace("\0", "")
 
 
+def irc_bytes(text: str) -> bytes:
+    """IRC text as sent: UTF-8, and the bytes of a nick or channel that arrived in another
+    encoding (kept as lone surrogates, see IRCBot._session) exactly as they came."""
+    return text.encode("utf-8", "surrogateescape")
+
+
 def utf8_chunks(text: str, limit: int) -> List[str]:
-    """text cut into pieces of at most `limit` UTF-8 bytes, never inside a character."""
-    data = text.encode("utf-8")
+    """text cut into pieces of at most `limit` (> 3) UTF-8 bytes, never inside a
+    character."""
+    data = irc_bytes(text)
     chunks = []
     while len(data) > limit:
         cut = limit
-        while cut > 0 and data[cut] & 0xC0 == 0x80:     # a continuation byte: step back
+        while cut > limit - 4 and data[cut] & 0xC0 == 0x80:    # a continuation byte: back
             cut -= 1
-        chunks.append(data[:cut].decode("utf-8"))
+        chunks.append(data[:cut].decode("utf-8", "surrogateescape"))
         data = data[cut:]
-    chunks.append(data.decode("utf-8"))
+    chunks.append(data.decode("utf-8", "surrogateescape"))
     return chunks
 
 
-def irc_status_lines(user: str, status: Optional[Status]) -> List[str]:
-    """The seeds' answer, 'Status of USER: STATUS', at most IRC_STATUS_LINES lines."""
-    if status is None:
-        lines = [NO_SUCH_USER]
-    else:
-        lines = [clean_line(line) for line in status.text.split("\n")]
-    if len(lines) > IRC_STATUS_LINES:
-        lines = lines[:IRC_STATUS_LINES]
-        lines[-1] += " \u2026"
+def irc_room(command: str, target: str) -> int:
+    """UTF-8 bytes of text that fit in one COMMAND to TARGET, even as relayed with the
+    server's prefix (IRC_RELAY_PREFIX) within 512 bytes."""
+    head = "%s %s :" % (command, irc_param(target))
+    return max(64, IRC_MAX_LINE - 2 - len(irc_bytes(head)) - IRC_RELAY_PREFIX)
+
+
+def irc_reply(user: str, status: Optional[Status], room: int, page: str = "") -> List[str]:
+    """The seeds' answer, 'Status of USER: STATUS', as at most IRC_REPLY_LINES lines of at
+    most `room` bytes each, long lines wrapped; what does not fit is cut, and the last line
+    ends in '…' and then `page` (the user's page, with --public-url)."""
+    lines = [NO_SUCH_USER] if status is None else [
+        clean_line(line) for line in status.text.split("\n")]
     lines[0] = "Status of %s: %s" % (user, lines[0])
-    return lines
+    out: List[str] = []
+    for line in lines:
+        if line.strip():                 # an empty PRIVMSG is an error (412)
+            out.extend(utf8_chunks(line, room))
+        if len(out) > IRC_REPLY_LINES:
+            break
+    if len(out) <= IRC_REPLY_LINES:
+        return out
+    tail = " \u2026 " + page if page and len(irc_bytes(page)) < room // 2 else " \u2026"
+    last = utf8_chunks(out[IRC_REPLY_LINES - 1], room - len(irc_bytes(tail)))[0]
+    return out[:IRC_REPLY_LINES - 1] + [last.rstrip() + tail]
 
 
 def read_secret(path: Optional[str]) -> Optional[str]:
@@ -3907,8 +4111,9 @@ class IRCBot:
                  wait: Optional[Callable[[float], bool]] = None,
                  ping_after: float = IRC_PING_AFTER, ping_timeout: float = IRC_PING_TIMEOUT,
                  register_timeout: float = IRC_REGISTER_TIMEOUT,
-                 send_rate: float = 1.0, send_burst: int = 4) -> None:
+                 send_rate: float = 1.0, send_burst: int = 4, public_url: str = "") -> None:
         self.store = store
+        self.public_url = public_url.rstrip("/")
         self.host, self.port, self.tls = host, port, tls
         self.wanted_nick = self.nick = nick
         self.channels = list(channels)
@@ -3990,6 +4195,9 @@ class IRCBot:
 
     def _connect(self) -> socket.socket:
         sock = socket.create_connection((self.host, self.port), timeout=15)
+        # The token bucket paces lines; Nagle would only hold an answer's second line back
+        # until the server's delayed ACK (40 ms).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.tls:
             import ssl           # only IRC over TLS needs it
             context = self.ssl_context or ssl.create_default_context()
@@ -4042,7 +4250,11 @@ class IRCBot:
                     if discarding or len(line) > IRC_MAX_INCOMING:
                         discarding = False
                         continue
-                    if self._handle_contained(line.rstrip(b"\r").decode("utf-8", "replace")):
+                    # Bytes that are not UTF-8 (a Latin-1 or CP1251 nick or channel) are
+                    # kept as lone surrogates, so an answer goes back to exactly the bytes
+                    # that asked (irc_bytes()); clean_line() removes them from any text.
+                    line = line.rstrip(b"\r").decode("utf-8", "surrogateescape")
+                    if self._handle_contained(line):
                         registered = True
             if not registered and now - started > self.register_timeout:
                 raise FingerdError("no welcome from the server in %.0f s" % self.register_timeout)
@@ -4087,7 +4299,7 @@ class IRCBot:
             self.backoff.reset()             # only a registration proves the server is good
             self.connects += 1
             self.connected.set()
-            log.info("irc: registered on %s as %s", self.server, self.nick)
+            log.info("irc: registered on %s as %s", self.server, clean_line(self.nick))
             if self.channels:
                 self._send_now("JOIN", ",".join(self.channels))
             return True
@@ -4161,7 +4373,7 @@ class IRCBot:
         if self.metrics is not None:
             self.metrics.inc("fingerd_requests_total", protocol="irc")
         if not self.store.blocking:
-            for line in self._lookup(user):
+            for line in self._lookup(to, user):
                 self._say("PRIVMSG", to, line)
             return
         if self._lookups is None:
@@ -4173,12 +4385,14 @@ class IRCBot:
             return
         self._pending += 1
         session = self._session_id
-        self._lookups.submit(lambda: self._answered.put((session, to, self._lookup(user))))
+        self._lookups.submit(lambda: self._answered.put((session, to,
+                                                         self._lookup(to, user))))
 
-    def _lookup(self, user: str) -> List[str]:
-        """The answer's lines; on any thread."""
+    def _lookup(self, to: str, user: str) -> List[str]:
+        """The answer's lines (irc_reply()) for `to`; on any thread."""
         try:
-            return irc_status_lines(user, self.store.get(user))
+            page = self.public_url + "/" + user if self.public_url else ""
+            return irc_reply(user, self.store.get(user), irc_room("PRIVMSG", to), page)
         except StoreUnavailable as e:
             log.warning("irc: %s", e)
             return [UNAVAILABLE]
@@ -4202,10 +4416,9 @@ class IRCBot:
 
     def _say(self, command: str, target: str, text: str) -> None:
         """Queue a message, cut so that even as relayed (with the server's prefix) each line
-        fits in 512 bytes."""
+        fits in 512 bytes (irc_room())."""
         head = "%s %s :" % (command, irc_param(target))
-        room = IRC_MAX_LINE - 2 - len(head.encode("utf-8")) - IRC_RELAY_PREFIX
-        for chunk in utf8_chunks(irc_param(text), max(16, room)):
+        for chunk in utf8_chunks(irc_param(text), irc_room(command, target)):
             if not self.queue.put(head + chunk):
                 log.warning("irc: send queue full, answer to %s dropped", clean_line(target))
                 return
@@ -4218,7 +4431,7 @@ class IRCBot:
         self._send_raw(" ".join(parts))
 
     def _send_raw(self, line: str) -> None:
-        data = utf8_chunks(irc_param(line), IRC_MAX_LINE - 2)[0].encode("utf-8")
+        data = irc_bytes(utf8_chunks(irc_param(line), IRC_MAX_LINE - 2)[0])
         with self._send_lock:
             if self._sock is not None:
                 self._sock.settimeout(10)
@@ -4451,7 +4664,7 @@ def serve_inetd(store: Store, allow_list: bool, log_queries: bool = False,
             reply = FingerHandler.refusal(Refusal.TOO_LONG)
             break
         if length is not None:
-            line = decode_peer(buf[:length])
+            line = query_text(buf[:length])
             if log_queries:
                 log.info("finger query from %s (inetd): %r", inetd_peer(infd), line.strip())
             reply = answer_finger(store, line, allow_list)
@@ -4566,7 +4779,8 @@ class Daemon:
         if args.irc:
             self.bot = IRCBot(self.store, *args.irc, nick=args.irc_nick,
                               channels=args.irc_channel, tls=args.irc_tls,
-                              password=args.irc_secret, sasl=args.irc_sasl)
+                              password=args.irc_secret, sasl=args.irc_sasl,
+                              public_url=args.public_url or "")
             self.bot.metrics = self.monitor.metrics
             self.monitor.bot = self.bot
             self.bot.start()
@@ -4734,9 +4948,53 @@ def irc_channel_arg(spec: str) -> str:
     return spec
 
 
+MAX_ARG_FILE = 1024 * 1024     # bytes of one @FILE
+ARG_FILE_DEPTH = 8             # @FILEs naming @FILEs, at most this deep
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse reading @FILE arguments the way a config file is written: shell-like words,
-    several per line ('--finger 79'), '#' comments and blank lines ignored."""
+    several per line ('--finger 79'), '#' comments and blank lines ignored.  The file is
+    read as decode_text() reads files (UTF-8 without BOM, else Windows-1252), lines end in
+    LF or CRLF only, @FILEs may name @FILEs, and the value of --set is never a file
+    ('--set @home' is a status)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(self.expand_arg_files(args), namespace)
+
+    def expand_arg_files(self, args: Sequence[str], depth: int = 0) -> List[str]:
+        out: List[str] = []
+        rest = iter(args)
+        for arg in rest:
+            if arg == "--":
+                out.append(arg)
+                out.extend(rest)
+            elif arg == "--set":
+                out.append(arg)
+                out.extend(itertools.islice(rest, 1))
+            elif arg.startswith("@") and len(arg) > 1:
+                if depth >= ARG_FILE_DEPTH:
+                    self.error("%s: @FILEs nested more than %d deep" % (arg, ARG_FILE_DEPTH))
+                out.extend(self.expand_arg_files(self.read_arg_file(arg[1:]), depth + 1))
+            else:
+                out.append(arg)
+        return out
+
+    def read_arg_file(self, path: str) -> List[str]:
+        """The arguments written in one @FILE."""
+        try:
+            with open(path, "rb") as f:
+                data = f.read(MAX_ARG_FILE + 1)
+        except OSError as e:
+            self.error("cannot read @%s: %s" % (path, e.strerror or e))
+        if len(data) > MAX_ARG_FILE:
+            self.error("@%s is over %d bytes; it is not a configuration file"
+                       % (path, MAX_ARG_FILE))
+        args: List[str] = []
+        for line in split_lines(decode_text(data, path)):
+            args.extend(self.convert_arg_line_to_args(line))
+        return args
 
     def convert_arg_line_to_args(self, arg_line: str) -> List[str]:
         try:
@@ -4749,7 +5007,6 @@ class ArgumentParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = ArgumentParser(
         prog="fingerd",
-        fromfile_prefix_chars="@",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="A finger daemon (RFC 1288) with a status setter, web pages, XML-RPC "
                     "and an IRC bot, over one store of statuses: sqlite (durable), memory, "
@@ -4893,15 +5150,17 @@ def run_client(args: argparse.Namespace) -> int:
     if args.expires:
         lines.append("expires: " + args.expires)
     if args.set is not None:
-        text = sys.stdin.read(MAX_SETTER_REQUEST + 1) if args.set == "-" else args.set
-        lines.append(text.rstrip("\n"))
+        # Typed or piped text in whatever encoding the terminal used: read as a file is.
+        text = (decode_text(sys.stdin.buffer.read(MAX_SETTER_REQUEST + 1), "standard input")
+                if args.set == "-" else os_text(args.set, "--set"))
+        lines.append(text.rstrip("\r\n"))
     path = args.setter_socket if args.setter_socket not in (None, "off") else \
         os.environ.get("FINGERD_SETTER_SOCKET", DEFAULT_SETTER_SOCKET)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(CONNECTION_DEADLINE)
             sock.connect(path)
-            sock.sendall(("\n".join(lines) + "\n").encode("utf-8"))
+            sock.sendall(("\n".join(lines) + "\n").encode("utf-8", "replace"))
             sock.shutdown(socket.SHUT_WR)
             answer = b"".join(iter(lambda: sock.recv(4096), b""))[:4096]
     except OSError as e:

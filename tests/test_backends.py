@@ -135,11 +135,13 @@ class PlanStoreTest(PlanTestCase):
         store = self.plan_store()
         status = store.get("alice", verbose=True)
         self.assertEqual(dict(status.details), {
-            "Name": "Alice Liddell", "Project": "Wonderland survey",
+            "Name": "Alice Liddell", "Office": "Room 1, 555-1234",
+            "Project": "Wonderland survey",
             "PGP key": "-----BEGIN PGP PUBLIC KEY BLOCK-----\nabc"})
         self.assertEqual(store.get("alice").details, ())       # brief: no extra reads
         reply = fingerd.finger_reply(store, fingerd.parse_query("/W alice"))
-        self.assertIn("Login: alice\r\nName: Alice Liddell\r\nProject: Wonderland survey\r\n"
+        self.assertIn("Login: alice\r\nName: Alice Liddell\r\nOffice: Room 1, 555-1234\r\n"
+                      "Project: Wonderland survey\r\n"
                       "PGP key: -----BEGIN PGP PUBLIC KEY BLOCK-----\r\n  abc\r\n", reply)
         self.assertTrue(reply.endswith("Gone fishing\r\n"))
 

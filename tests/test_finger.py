@@ -65,7 +65,7 @@ class FingerReplyTest(unittest.TestCase):
                                 "nobody: No such user\r\n")
 
     def test_list(self):
-        self.assertEqual(self.reply(""), "alice: Happy and well\r\nbob: one \u2026\r\n"
+        self.assertEqual(self.reply(""), "alice: Happy and well\r\nbob: one ...\r\n"
                                          "evil: red!\r\n")
 
     def test_list_denied(self):

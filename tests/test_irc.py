@@ -217,12 +217,12 @@ class AnswerTest(BotTestCase):
         client.send(b":carol!c@h PRIVMSG #tilde :!finger")
         self.assertEqual(client.quiet(0.5), [])
 
-    def test_multi_line_status_is_cut_to_three_lines(self):
+    def test_multi_line_status_is_cut_to_four_lines(self):
         _, client = self.registered()
         client.send(b":carol!c@h PRIVMSG fingerbot :bob")
-        lines = [client.expect(b"PRIVMSG") for _ in range(3)]
+        lines = [client.expect(b"PRIVMSG") for _ in range(4)]
         self.assertEqual(lines, [b"PRIVMSG carol :Status of bob: one", b"PRIVMSG carol :two",
-                                 "PRIVMSG carol :three \u2026".encode()])
+                                 b"PRIVMSG carol :three", "PRIVMSG carol :four \u2026".encode()])
         self.assertEqual(client.quiet(1.2), [])
 
     def test_cr_injection_arrives_as_one_harmless_line(self):
@@ -266,10 +266,13 @@ class AnswerTest(BotTestCase):
         lines = [client.expect(b"PRIVMSG")]
         lines += client.quiet(1.0)
         text = ""
+        self.assertEqual(len(lines), fingerd.IRC_REPLY_LINES)      # wrapping counts
         for line in lines:
             self.assertLessEqual(len(line) + 2 + fingerd.IRC_RELAY_PREFIX, 512)
             text += line.decode("utf-8").split(" :", 1)[1]      # each line decodes alone
-        self.assertEqual(text, "Status of long: " + "\u00e9\u20ac" * 400)
+        self.assertTrue(text.endswith(" \u2026"), text[-20:])
+        self.assertTrue(("Status of long: " + "\u00e9\u20ac" * 400).startswith(text[:-2]))
+        self.assertGreater(len(text), 600)
 
     def test_flood_is_paced_by_the_token_bucket(self):
         _, client = self.registered()

@@ -41,9 +41,12 @@ class FilterTest(unittest.TestCase):
     def test_bidi_overrides_are_removed(self):
         self.assertEqual(fingerd.clean_line("abc\u202edef\u2066x\u2069"), "abcdefx")
 
-    def test_clean_text_normalises_line_endings(self):
+    def test_clean_text_lines_end_in_lf_or_crlf_only(self):
+        # A bare CR, FF, VT, NEL, U+2028/U+2029 are not line ends (str.splitlines() would
+        # say they are): they are characters, filtered like any control character.
         self.assertEqual(fingerd.clean_text("one\r\ntwo\rthree\nfour\u2028five  \n\n"),
-                         "one\ntwo\nthree\nfour\nfive")
+                         "one\ntwothree\nfourfive")
+        self.assertEqual(fingerd.clean_text("a\x0cb\x0bc\x85d\u2029e\r\n\r\n"), "abcde")
 
     def test_clean_text_line_breaks_cannot_hide_in_escapes(self):
         self.assertEqual(fingerd.clean_text("\x1b[1mbold\x1b[0m\r\n\x00x"), "bold\nx")
@@ -56,7 +59,7 @@ class FilterTest(unittest.TestCase):
         text.encode("utf-8")          # no lone surrogates survive
 
     def test_shown_name_is_cut_and_filtered(self):
-        self.assertEqual(fingerd.shown_name("\x1b[31m" + "x" * 40), "x" * 32 + "\u2026")
+        self.assertEqual(fingerd.shown_name("\x1b[31m" + "x" * 40), "x" * 32 + "...")
 
 
 class EndpointTest(unittest.TestCase):
