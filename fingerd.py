@@ -72,7 +72,8 @@ import time
 import urllib.parse
 import zlib
 from collections import deque
-from typing import Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (Callable, Dict, FrozenSet, Iterable, List, NamedTuple, Optional,
+                    Sequence, Tuple)
 
 __all__ = [
     "Status", "Store", "MemoryStore", "FileStore", "SQLiteStore", "BACKENDS", "open_store",
@@ -1097,10 +1098,14 @@ def gecos_details(gecos: str, login: str) -> List[Tuple[str, str]]:
 class PlanStore(Store):
     """Local accounts and their ~/.plan, as finger has always shown them.
 
-    Accounts come from `accounts` (the pwd module: so LDAP or SSSD accounts through NSS work),
-    limited to UID_MIN..UID_MAX of login.defs; ~/.nofinger hides an account completely.  The
-    list is the accounts that publish a .plan, refreshed every `refresh` seconds.  Files are
-    read with read_owned_file().  /W (verbose) adds the full name, ~/.project, ~/.pgpkey."""
+    Accounts come from `accounts` (the pwd module: so LDAP or SSSD accounts through NSS
+    work).  Ordinary accounts (UID_MIN..UID_MAX of login.defs) are answered with or without a
+    plan ('No Plan.'); root and system accounts only while they publish a readable .plan.
+    ~/.nofinger hides an account completely, and the check fails closed: when it cannot be
+    made (EACCES on a 0700 home, EIO, a stale NFS handle), the account is hidden, logged
+    once at debug level.  The list is the visible accounts that publish a .plan, refreshed
+    every `refresh` seconds.  Files are read with read_owned_file().  /W (verbose) adds the
+    GECOS fields (gecos_details()), ~/.project, ~/.pgpkey."""
 
     name = "pwd"
     writable = False
@@ -1115,28 +1120,38 @@ class PlanStore(Store):
         self.accounts = accounts
         self.uid_min, self.uid_max = uids or uid_range()
         self._listed: List[str] = []
+        self._unsure: set = set()          # accounts already logged as hidden for an error
         self.refresh()
         self._refresher = Refresher(self.refresh, refresh, "pwd-refresh")
 
     def _account(self, user: str):
-        """The visible account named `user`, or None."""
+        """The account named `user` unless it opted out (or may have: _opted_out()), or
+        None."""
         try:
             pw = self.accounts.getpwnam(user)
         except (KeyError, ValueError, OSError):
             return None
-        if not self.uid_min <= pw.pw_uid <= self.uid_max or pw.pw_name != user:
-            return None
-        if self._exists(pw, ".nofinger"):
+        if pw.pw_name != user or self._opted_out(pw):
             return None
         return pw
 
-    @staticmethod
-    def _exists(pw, name: str) -> bool:
+    def _ordinary(self, pw) -> bool:
+        return self.uid_min <= pw.pw_uid <= self.uid_max
+
+    def _opted_out(self, pw) -> bool:
+        """True when ~/.nofinger exists, or when that cannot be known: only "no such file"
+        (ENOENT, ENOTDIR) means the user did not opt out."""
         try:
-            os.lstat(os.path.join(pw.pw_dir, name))
+            os.lstat(os.path.join(pw.pw_dir, ".nofinger"))
             return True
-        except (OSError, ValueError):
+        except (FileNotFoundError, NotADirectoryError):
             return False
+        except (OSError, ValueError) as e:
+            if pw.pw_name not in self._unsure and len(self._unsure) < 10000:
+                self._unsure.add(pw.pw_name)
+                log.debug("pwd: %s is hidden: cannot tell whether %s/.nofinger exists (%s)",
+                          pw.pw_name, pw.pw_dir, getattr(e, "strerror", None) or e)
+            return True
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         # No store-wide lock around file reads: a slow home directory (NFS) must not make
@@ -1146,9 +1161,13 @@ class PlanStore(Store):
         pw = self._account(user)
         return None if pw is None else self._status(pw, verbose)
 
-    def _status(self, pw, verbose: bool) -> Status:
+    def _status(self, pw, verbose: bool) -> Optional[Status]:
+        """The account's status; None for a root or system account without a readable
+        plan."""
         home, uid = pw.pw_dir, pw.pw_uid
         plan = read_owned_file(os.path.join(home, ".plan"), uid)
+        if plan is None and not self._ordinary(pw):
+            return None
         text, mtime = NO_PLAN, 0.0
         if plan is not None:
             text = clean_text(plan[0]) or NO_PLAN
@@ -1172,23 +1191,25 @@ class PlanStore(Store):
         out = []
         for name in names:
             pw = self._account(name)
-            if pw is not None:
-                out.append((name, self._status(pw, False)))
+            status = None if pw is None else self._status(pw, False)
+            if status is not None:
+                out.append((name, status))
         return out
 
     def refresh(self) -> None:
-        """Re-list the accounts that publish a .plan."""
+        """Re-list the accounts that publish a .plan (root and system accounts: a plan this
+        process can read)."""
         names = set()
         for pw in self.accounts.getpwall():
-            if not valid_name(pw.pw_name) or not self.uid_min <= pw.pw_uid <= self.uid_max:
+            if not valid_name(pw.pw_name) or self._opted_out(pw):
                 continue
-            if self._exists(pw, ".nofinger"):
-                continue
+            path = os.path.join(pw.pw_dir, ".plan")
             try:
-                st = os.lstat(os.path.join(pw.pw_dir, ".plan"))
+                st = os.lstat(path)
             except (OSError, ValueError):
                 continue
-            if stat.S_ISREG(st.st_mode) and st.st_uid == pw.pw_uid:
+            if stat.S_ISREG(st.st_mode) and st.st_uid == pw.pw_uid and (
+                    self._ordinary(pw) or os.access(path, os.R_OK)):
                 names.add(pw.pw_name)
         with self.lock:
             if sorted(names) != self._listed:
@@ -2596,6 +2617,120 @@ class PooledTCPServer(socketserver.TCPServer):
                 pass
 
 
+# -- Privacy: what every surface publishes --------------------------------------------------
+
+# RFC 1288 §3.2.5 lets the administrator choose which atoms of information are released.
+ATOMS = ("status", "name", "office", "set-time", "project", "pgpkey")
+_DETAIL_ATOMS = {"Name": "name", "Office": "office", "Office Phone": "office",
+                 "Home Phone": "office", "Project": "project", "PGP key": "pgpkey"}
+LISTING_OFF = "The user list is not published on this server"
+
+
+def host_key(host: str) -> str:
+    """A host name as compared: lower case, no port, no trailing dot, IDNA (punycode) for
+    a Unicode name; '' for what is not a host name or address."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        host = host[1:].partition("]")[0]
+    elif host.count(":") == 1:
+        host = host.partition(":")[0]
+    host = host.rstrip(".")
+    if not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")
+        except (UnicodeError, LookupError):
+            return ""
+    return host if host and valid_host(host) else ""
+
+
+class Privacy:
+    """The privacy policy, asked by every surface (finger, pages, JSON, XML-RPC, Atom,
+    WebFinger, IRC) so that an administrator's choice holds on all of them.
+
+    listing: False for --no-list: no surface enumerates users (may_list()).
+    show: the atoms released (--show), a subset of ATOMS; release() applies it to a status.
+    domains: the host names WebFinger answers for besides the one it is reached by
+    (--webfinger-domain; the --public-url host replaces the request's).
+    public_url: --public-url ('' when not given): the canonical base and name."""
+
+    def __init__(self, listing: bool = True, show: Iterable[str] = ATOMS,
+                 domains: Iterable[str] = (), public_url: str = "") -> None:
+        self.listing = listing
+        self.show = frozenset(show)
+        self.public_url = public_url.rstrip("/")
+        self.public_host = (urllib.parse.urlsplit(self.public_url).hostname or ""
+                            if self.public_url else "")
+        self.domains = frozenset(d for d in map(host_key, domains) if d)
+        self._canonical = ""
+
+    def may_list(self) -> bool:
+        """True when users may be enumerated: the finger list, GET /, /users.json,
+        getUsers(), the Atom feed, the links that lead to them."""
+        return self.listing
+
+    @property
+    def feed(self) -> bool:
+        """The Atom feed is a timeline of who changed what when: published only while users
+        may be listed and set times are released."""
+        return self.listing and "set-time" in self.show
+
+    def release(self, status: Optional[Status]) -> Optional[Status]:
+        """The status as this server publishes it: atoms not in `show` removed (the text for
+        'status', the details for 'name', 'office', 'project', 'pgpkey', the set and expiry
+        times for 'set-time')."""
+        if status is None or len(self.show) == len(ATOMS):
+            return status
+        show = self.show
+        return Status(status.text if "status" in show else "",
+                      status.set_at if "set-time" in show else 0.0,
+                      tuple((label, text) for label, text in status.details
+                            if _DETAIL_ATOMS.get(label, "name") in show),
+                      status.expires_at if "set-time" in show else 0.0)
+
+    def webfinger_hosts(self, request_host: str) -> FrozenSet[str]:
+        """The host names WebFinger is authoritative for, answering a request that reached
+        it as `request_host` ('' when the client sent no Host)."""
+        own = self.public_host or host_key(request_host) or self.canonical_name()
+        return self.domains | {host_key(own)}
+
+    def canonical_name(self) -> str:
+        """This server's name where one must not depend on the request (Atom ids, RFC 4287
+        §4.2.6): the --public-url host, else the machine's fully qualified name."""
+        if not self._canonical:
+            self._canonical = host_key(self.public_host or socket.getfqdn()) or "localhost"
+        return self._canonical
+
+
+PUBLIC = Privacy()      # every atom, listing on: the default, and what tests start from
+
+
+def domain_arg(spec: str) -> str:
+    """--webfinger-domain: a host name."""
+    host = host_key(spec)
+    if not host:
+        raise argparse.ArgumentTypeError("not a host name: %r" % spec)
+    return host
+
+
+def privacy_of(args: argparse.Namespace) -> Privacy:
+    """The one Privacy of a command line: --no-list, --show, --webfinger-domain,
+    --public-url."""
+    return Privacy(listing=not args.no_list, show=args.show,
+                   domains=args.webfinger_domain, public_url=args.public_url or "")
+
+
+def show_arg(spec: str) -> FrozenSet[str]:
+    """--show: a comma list of ATOMS ('all' for every one)."""
+    atoms = {atom.strip().lower() for atom in spec.split(",") if atom.strip()}
+    if atoms == {"all"}:
+        return frozenset(ATOMS)
+    unknown = atoms - set(ATOMS)
+    if unknown or not atoms:
+        raise argparse.ArgumentTypeError("expected a comma list of %s, got %r"
+                                         % (",".join(ATOMS), spec))
+    return frozenset(atoms)
+
+
 # -- Finger (RFC 1288) --------------------------------------------------------------------
 
 class VersionCache:
@@ -2689,27 +2824,29 @@ def list_lines(items: Sequence[Tuple[str, Status]]) -> List[str]:
     return lines
 
 
-def finger_reply(store: Store, query: FingerQuery, allow_list: bool = True) -> str:
-    """The whole answer to one query, lines ending in CRLF (RFC 1288 §2.2)."""
+def finger_reply(store: Store, query: FingerQuery, privacy: Privacy = PUBLIC) -> str:
+    """The whole answer to one query, lines ending in CRLF (RFC 1288 §2.2), as `privacy`
+    allows."""
     if query.forwarding:
         lines = [FORWARDING_DENIED]
     elif not query.names:
-        lines = list_lines(store.items()) if allow_list else [LIST_DENIED]
+        lines = (list_lines([(name, privacy.release(status)) for name, status in store.items()])
+                 if privacy.may_list() else [LIST_DENIED])
     else:
         several = len(query.names) > 1
         lines = []
         for name in query.names[:MAX_NAMES_PER_QUERY]:
             if lines and query.verbose:
                 lines.append("")
-            lines.extend(user_block(name, store.get(name, query.verbose), query.verbose,
-                                    several))
+            lines.extend(user_block(name, privacy.release(store.get(name, query.verbose)),
+                                    query.verbose, several))
     return "\r\n".join(lines) + "\r\n"
 
 
-def answer_finger(store: Store, line: str, allow_list: bool = True) -> bytes:
+def answer_finger(store: Store, line: str, privacy: Privacy = PUBLIC) -> bytes:
     """The bytes answering one query line, for the listener and for --inetd alike."""
     try:
-        return finger_reply(store, parse_query(line), allow_list).encode("utf-8")
+        return finger_reply(store, parse_query(line), privacy).encode("utf-8")
     except StoreUnavailable as e:
         log.warning("finger: %s", e)
         return (UNAVAILABLE + "\r\n").encode()
@@ -2758,15 +2895,15 @@ class FingerHandler(BufferedRequestHandler):
 
 
 class FingerServer(PooledTCPServer):
-    """The finger listener: a PooledTCPServer holding the store and the list policy."""
+    """The finger listener: a PooledTCPServer holding the store and the privacy policy."""
 
     label = "finger"
 
-    def __init__(self, address, store: Store, allow_list: bool = True,
+    def __init__(self, address, store: Store, privacy: Privacy = PUBLIC,
                  sock: Optional[socket.socket] = None) -> None:
         super().__init__(address, FingerHandler, sock=sock)
         self.store = store
-        self.allow_list = allow_list
+        self.privacy = privacy
         self.inline = not store.blocking
         self._answers = VersionCache(1024)         # query line -> reply
 
@@ -2776,10 +2913,10 @@ class FingerServer(PooledTCPServer):
         kept: the user list of 1,000 users, or a popular user, is not rendered per query."""
         store = self.store
         if store.blocking:
-            return answer_finger(store, line, self.allow_list)
+            return answer_finger(store, line, self.privacy)
         reply = self._answers.get(store.version, line)
         if reply is None:
-            reply = answer_finger(store, line, self.allow_list)
+            reply = answer_finger(store, line, self.privacy)
             words = line.split(None, 1)
             if not (words and words[0].upper() == "/W") and not reply.startswith(
                     UNAVAILABLE.encode()):
@@ -3057,16 +3194,19 @@ SECURITY_HEADERS = (
     "Referrer-Policy: no-referrer\r\nX-Frame-Options: DENY\r\n" % CONTENT_SECURITY_POLICY)
 
 
-def html_page(title: str, body: str) -> str:
-    """A complete HTML5 document; title and body must already be escaped."""
+FEED_LINK = ('<link rel="alternate" type="application/atom+xml" title="Status changes" '
+             'href="/feed.atom">\n')
+
+
+def html_page(title: str, body: str, feed: bool = True) -> str:
+    """A complete HTML5 document; title and body must already be escaped.  `feed`: link the
+    Atom feed (not when Privacy.feed is off)."""
     return ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            "<title>%s</title>\n<style>%s</style>\n"
-            '<link rel="alternate" type="application/atom+xml" title="Status changes" '
-            'href="/feed.atom">\n</head>\n<body>\n<main>\n%s\n'
+            "<title>%s</title>\n<style>%s</style>\n%s</head>\n<body>\n<main>\n%s\n"
             '<footer>fingerd %s &middot; also by <code>finger</code> and XML-RPC at '
             "<code>/RPC2</code></footer>\n</main>\n</body>\n</html>\n"
-            % (title, PAGE_STYLE, body, __version__))
+            % (title, PAGE_STYLE, FEED_LINK if feed else "", body, __version__))
 
 
 def user_link(name: str) -> str:
@@ -3085,18 +3225,21 @@ def iso_time(epoch: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
 
 
-def render_user_list(items: Sequence[Tuple[str, Status]]) -> str:
+def render_user_list(items: Sequence[Tuple[str, Status]], feed: bool = True) -> str:
     """The front page: every user, linked to their page, with their status."""
     rows = ['<li>%s <span class="status">%s</span></li>' % (user_link(name),
                                                             status_html(status.text))
             for name, status in items]
     body = ("<h1>Who is doing what</h1>\n<ul>\n%s\n</ul>" % "\n".join(rows) if rows
             else "<h1>Who is doing what</h1>\n<p>Nobody has set a status yet.</p>")
-    return html_page("fingerd: %d user%s" % (len(rows), "" if len(rows) == 1 else "s"), body)
+    return html_page("fingerd: %d user%s" % (len(rows), "" if len(rows) == 1 else "s"), body,
+                     feed)
 
 
-def render_user(name: str, status: Status) -> str:
-    """One user's page: the status (lines kept) and when it was set."""
+def render_user(name: str, status: Status, privacy: Optional[Privacy] = None) -> str:
+    """One user's page: the status (lines kept) and when it was set; links to the list and
+    the feed only where `privacy` publishes them."""
+    privacy = privacy or PUBLIC
     when = ('<p class="meta">Set <time datetime="%s">%s</time></p>\n'
             % (iso_time(status.set_at), html.escape(format_time(status.set_at).split(" (")[0]))
             if status.set_at else "")
@@ -3107,17 +3250,23 @@ def render_user(name: str, status: Status) -> str:
     details = "".join("<dt>%s</dt><dd>%s</dd>" % (html.escape(clean_line(label)),
                                                  status_html(text))
                       for label, text in status.details)
-    body = ('<h1>%s</h1>\n<p class="status">%s</p>\n%s%s<p><a href="./">All users</a></p>'
+    body = ('<h1>%s</h1>\n<p class="status">%s</p>\n%s%s%s'
             % (html.escape(name), status_html(status.text),
-               '<dl class="meta">%s</dl>\n' % details if details else "", when))
-    return html_page("%s - fingerd" % html.escape(name), body)
+               '<dl class="meta">%s</dl>\n' % details if details else "", when,
+               ALL_USERS_LINK % "./" if privacy.may_list() else ""))
+    return html_page("%s - fingerd" % html.escape(name), body, privacy.feed)
 
 
-def render_error(code: int, reason: str, detail: str) -> str:
-    """A friendly error page; detail must already be escaped."""
+ALL_USERS_LINK = '<p><a href="%s">All users</a></p>'
+
+
+def render_error(code: int, reason: str, detail: str, listing: bool = True) -> str:
+    """A friendly error page; detail must already be escaped.  `listing`: link the user
+    list (not with --no-list)."""
     return html_page("%d %s" % (code, html.escape(reason)),
-                     "<h1>%s</h1>\n<p>%s</p>\n<p><a href=\"/\">All users</a></p>"
-                     % (html.escape(reason), detail))
+                     "<h1>%s</h1>\n<p>%s</p>\n%s"
+                     % (html.escape(reason), detail, ALL_USERS_LINK % "/" if listing else ""),
+                     feed=listing)
 
 
 def status_json(name: str, status: Status, base: str = "") -> Dict[str, object]:
@@ -3133,16 +3282,42 @@ def render_json(value: object) -> str:
     return json.dumps(value, ensure_ascii=False, indent=1) + "\n"
 
 
-def render_webfinger(name: str, host: str, base: str) -> str:
-    """An RFC 7033 JRD for acct:NAME@HOST, linking the user's page."""
+def render_webfinger(name: str, host: str, base: str, feed: bool = True) -> Dict[str, object]:
+    """An RFC 7033 JRD for acct:NAME@HOST, linking the user's page, its JSON and (`feed`)
+    the Atom feed."""
     page = base + "/" + urllib.parse.quote(name, safe="")
-    return render_json({
-        "subject": "acct:%s@%s" % (name, host),
-        "aliases": [page],
-        "links": [
-            {"rel": "http://webfinger.net/rel/profile-page", "type": "text/html", "href": page},
-            {"rel": "describedby", "type": "application/json", "href": page + ".json"},
-            {"rel": "alternate", "type": "application/atom+xml", "href": base + "/feed.atom"}]})
+    links = [{"rel": "http://webfinger.net/rel/profile-page", "type": "text/html",
+              "href": page},
+             {"rel": "describedby", "type": "application/json", "href": page + ".json"}]
+    if feed:
+        links.append({"rel": "alternate", "type": "application/atom+xml",
+                      "href": base + "/feed.atom"})
+    return {"subject": "acct:%s@%s" % (name, host), "aliases": [page], "links": links}
+
+
+_PAGE_PATH = re.compile(r"/(?:@|~|users/)?([^/]+)/?")
+
+
+def webfinger_account(resource: str) -> Optional[Tuple[str, str]]:
+    """(user, host) that a WebFinger resource names, else None.  acct:USER@HOST as RFC 7565
+    has it (the scheme in any case, split at the last '@', the userpart percent-decoded), and
+    the spellings other servers send: no 'acct:' (Pleroma), a leading '@' (@user@host), the
+    user's page URL (http(s)://HOST/USER, /@USER, /~USER, /users/USER).  The host is as
+    written (compare it with host_key())."""
+    text = resource.strip()
+    lower = text.lower()
+    if lower.startswith(("http://", "https://")):
+        parts = urllib.parse.urlsplit(text)
+        page = _PAGE_PATH.fullmatch(urllib.parse.unquote(parts.path))
+        if page is None or not parts.netloc:
+            return None
+        return page.group(1), parts.netloc.rpartition("@")[2]
+    if lower.startswith("acct:"):
+        text = text[5:]
+    user, at, host = text.lstrip("@").rpartition("@")
+    if not at or not user or not host:
+        return None
+    return urllib.parse.unquote(user), urllib.parse.unquote(host)
 
 
 def xml_text(text: str) -> str:
@@ -3178,6 +3353,7 @@ def render_feed(changes: Sequence[Tuple[str, Optional[Status], float]], base: st
 
 GZIP_MIN = 1024      # bytes: smaller bodies gain less from gzip than its header costs
 WEBFINGER_CORS = "Access-Control-Allow-Origin: *\r\n"     # RFC 7033 §5
+LISTING_PATHS = ("/", "/users.json", "/feed.atom")    # what enumerates users (Privacy)
 SHARED_BODY = 65536  # bytes: larger cached bodies are sent without copying them
 
 
@@ -3201,7 +3377,9 @@ def make_page(text: str, last_modified: float,
     body = text.encode("utf-8")
     # A strong validator from the content: equal bodies, equal tags, across restarts too.
     etag = '"%x-%08x"' % (len(body), zlib.crc32(body))
-    common = "Last-Modified: %s\r\nCache-Control: no-cache\r\n" % http_date(last_modified)
+    # No set time known or published (--show without set-time): no Last-Modified at all.
+    common = ("Last-Modified: %s\r\n" % http_date(last_modified) if last_modified else ""
+              ) + "Cache-Control: no-cache\r\n"
     if len(body) < GZIP_MIN:
         return Page(body, etag, last_modified, content_type, "ETag: %s\r\n%s" % (etag, common))
     import gzip                     # only pages this large need it
@@ -3235,14 +3413,83 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return allowed.get("*", 0.0) > 0
 
 
-def rpc_dispatcher(store_of: Callable[[], Store]):
-    """getUser, getUsers and the system.* introspection and multicall methods.
+# Fault codes of the XML-RPC fault code interoperability convention (specs.xmlrpc.com);
+# 1 stays the code of what a fingerd itself says (unavailable, loop, list not published).
+RPC_NOT_XMLRPC = -32700         # not well-formed, or not a methodCall
+RPC_INVALID = -32600            # a methodCall without a method name, a malformed multicall
+RPC_NO_METHOD = -32601
+RPC_BAD_PARAMS = -32602
+RPC_INTERNAL = -32603
+RPC_PARAMS = {"getUser": (1, "getUser(user): one string, the user name"),
+              "getUsers": (0, "getUsers(): no parameters"),
+              "system.listMethods": (0, "system.listMethods(): no parameters"),
+              "system.methodHelp": (1, "system.methodHelp(name): one string"),
+              "system.methodSignature": (1, "system.methodSignature(name): one string"),
+              "system.multicall": (1, "system.multicall(calls): one array of "
+                                      "{methodName, params} structs")}
+
+
+def rpc_dispatcher(store_of: Callable[[], Store], privacy: Privacy = PUBLIC):
+    """getUser, getUsers and the system.* introspection and multicall methods, as `privacy`
+    allows.  Every fault says in words what was wrong (RPC_* codes), never Python's own
+    (no type or function names, no traceback).
 
     xmlrpc.server is imported here, at the first call, not at start-up: it brings pydoc."""
-    from xmlrpc.client import Fault
+    from xml.parsers.expat import ExpatError
+    from xmlrpc.client import Error, Fault, dumps, loads
     from xmlrpc.server import SimpleXMLRPCDispatcher
-    dispatcher = SimpleXMLRPCDispatcher(allow_none=False, encoding="utf-8",
-                                        use_builtin_types=True)
+
+    class Dispatcher(SimpleXMLRPCDispatcher):
+        def _marshaled_dispatch(self, data, dispatch_method=None, path=None):
+            try:
+                try:
+                    params, method = loads(data, use_builtin_types=True)
+                except (ValueError, TypeError, LookupError, ExpatError, Error):
+                    raise Fault(RPC_NOT_XMLRPC, "The body is not an XML-RPC call "
+                                                "(well-formed XML, a methodCall).")
+                if not isinstance(method, str) or not method:
+                    raise Fault(RPC_INVALID, "The call names no method.")
+                response = dumps((self._dispatch(method, params),), methodresponse=True,
+                                 encoding="utf-8")
+            except Fault as fault:
+                response = dumps(fault, methodresponse=True, encoding="utf-8")
+            except Exception:
+                FAULTS.report("xmlrpc", "answering a call")
+                response = dumps(Fault(RPC_INTERNAL, INTERNAL_ERROR), methodresponse=True,
+                                 encoding="utf-8")
+            return response.encode("utf-8", "xmlcharrefreplace")
+
+        def _dispatch(self, method, params):
+            function = self.funcs.get(method)
+            if function is None:
+                raise Fault(RPC_NO_METHOD, "There is no method %r here; there are getUser, "
+                            "getUsers and system.*." % clean_line(str(method))[:64])
+            count, usage = RPC_PARAMS[method]
+            if len(params) != count or (count and method != "system.multicall"
+                                        and not isinstance(params[0], str)):
+                raise Fault(RPC_BAD_PARAMS, "Wrong parameters; " + usage)
+            return function(*params)
+
+        def system_multicall(self, calls):
+            if not isinstance(calls, list):
+                raise Fault(RPC_BAD_PARAMS, "Wrong parameters; "
+                            + RPC_PARAMS["system.multicall"][1])
+            results = []
+            for call in calls:
+                try:
+                    if not (isinstance(call, dict) and isinstance(call.get("methodName"), str)
+                            and isinstance(call.get("params"), list)):
+                        raise Fault(RPC_INVALID, "Each call is a struct {methodName: string, "
+                                                 "params: array}.")
+                    if call["methodName"] == "system.multicall":
+                        raise Fault(RPC_INVALID, "system.multicall does not nest.")
+                    results.append([self._dispatch(call["methodName"], call["params"])])
+                except Fault as fault:
+                    results.append({"faultCode": fault.faultCode,
+                                    "faultString": fault.faultString})
+            return results
+
+    dispatcher = Dispatcher(allow_none=False, encoding="utf-8", use_builtin_types=True)
 
     def contained(method):
         """A backend that cannot answer is a Fault saying so; a bug is a Fault saying only
@@ -3251,28 +3498,28 @@ def rpc_dispatcher(store_of: Callable[[], Store]):
         def call(*args):
             try:
                 return method(*args)
+            except Fault:
+                raise
             except StoreUnavailable as e:
                 log.warning("xmlrpc: %s", e)
                 raise Fault(1, UNAVAILABLE)
-            except (TypeError, FingerdError):
-                raise                   # the caller's mistake: the dispatcher words it
             except Exception:
                 FAULTS.report("xmlrpc", "in %s", method.__name__)
-                raise Fault(1, INTERNAL_ERROR)
+                raise Fault(RPC_INTERNAL, INTERNAL_ERROR)
         return call
 
     @contained
     def get_user(user):
         """getUser(user) -> the user's status, or the finger server's unknown-user text."""
-        if not isinstance(user, str):
-            raise TypeError("getUser takes one string, the user name")
-        status = store_of().get(user)
+        status = privacy.release(store_of().get(user))
         return NO_SUCH_USER if status is None else "\n".join(
             clean_line(line) for line in status.text.split("\n"))
 
     @contained
     def get_users():
-        """getUsers() -> the sorted list of user names."""
+        """getUsers() -> the sorted list of user names (a fault with --no-list)."""
+        if not privacy.may_list():
+            raise Fault(1, LISTING_OFF + " (getUser still answers for one user).")
         return store_of().users()
 
     dispatcher.register_function(get_user, "getUser")
@@ -3460,11 +3707,11 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     @classmethod
     def error_response(cls, code: int, detail: str = "", close: bool = False,
-                       head_only: bool = False, extra: str = "") -> bytes:
+                       head_only: bool = False, extra: str = "", listing: bool = True) -> bytes:
         reason = http.server.BaseHTTPRequestHandler.responses.get(code, ("Error",))[0]
         text = detail or {404: "There is no such user here.",
                           408: "The request took too long to arrive."}.get(code, reason + ".")
-        body = render_error(code, reason, html.escape(text)).encode("utf-8")
+        body = render_error(code, reason, html.escape(text), listing).encode("utf-8")
         return cls.response_bytes(code, body, "text/html; charset=utf-8", close=close,
                                   head_only=head_only, extra="Cache-Control: no-store\r\n" + extra)
 
@@ -3595,7 +3842,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if close or code in (400, 411, 413, 414, 431, 505):
             self.close_connection = True
         self.send(self.error_response(code, detail, self.close_connection,
-                                      self.command == "HEAD", extra), code)
+                                      self.command == "HEAD", extra,
+                                      self.server.privacy.may_list()), code)
         return False
 
     def send_error(self, code, message=None, explain=None):
@@ -3713,6 +3961,10 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         if path == "/.well-known/webfinger":
             self.webfinger()
             return
+        if path in LISTING_PATHS and not (self.server.privacy.feed if path == "/feed.atom"
+                                          else self.server.privacy.may_list()):
+            self.listing_off(path)
+            return
         page = self.server.page(path, self.base_url())
         if page is None:
             if path.endswith(".json"):
@@ -3727,6 +3979,19 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     forwarded_scheme = ""
     forwarded_host = ""
+
+    def listing_off(self, path: str) -> None:
+        """403 for a resource that enumerates users while Privacy says they are not listed
+        (--no-list; the feed also without set-time in --show)."""
+        if path == "/users.json":
+            body = render_json({"error": LISTING_OFF}).encode()
+            self.send(self.response_bytes(403, body, "application/json; charset=utf-8",
+                                          self.close_connection, self.command == "HEAD",
+                                          "Cache-Control: no-store\r\n"), 403)
+        elif path == "/feed.atom" and self.server.privacy.may_list():
+            self.fail(403, "This server does not publish when statuses change.")
+        else:
+            self.fail(403, LISTING_OFF + "; ask for one user at /NAME.")
 
     def proxied_client(self) -> bool:
         """From a --trusted-proxy peer: take the client's address from Forwarded (RFC 7239)
@@ -3788,7 +4053,9 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         return (self.forwarded_scheme or "http") + "://" + self.host()
 
     def webfinger(self) -> None:
-        """RFC 7033: ?resource=acct:USER@HOST (rel= filters the links)."""
+        """RFC 7033: ?resource=acct:USER@HOST (rel= filters the links), answered only for
+        this server's host names (Privacy.webfinger_hosts); webfinger_account() reads the
+        spellings."""
         cors = WEBFINGER_CORS + "Cache-Control: no-cache\r\n"
         try:
             query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
@@ -3801,14 +4068,21 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             self.fail(400, "webfinger needs one resource parameter, like acct:alice@host.",
                       extra=cors)
             return
-        resource = resources[0]
-        name = resource[5:].rpartition("@")[0] if resource.startswith("acct:") else ""
-        status = self.server.store.get(name) if valid_name(name) else None
-        if status is None:
+        privacy, store = self.server.privacy, self.server.store
+        account = webfinger_account(resources[0])
+        name, status, host = "", None, ""
+        if account is not None:
+            host = host_key(account[1])
+            request_host = self.forwarded_host or (self.headers.get("Host") or "")
+            if host and host in privacy.webfinger_hosts(request_host):
+                for name in dict.fromkeys((account[0], account[0].lower())):
+                    status = store.get(name) if valid_name(name) else None
+                    if status is not None:
+                        break
+        if status is None:     # unknown, hidden, or not this server's domain: one answer
             self.fail(404, "No such account here.", extra=cors)
             return
-        host = resource.rpartition("@")[2]
-        document = json.loads(render_webfinger(name, host, self.base_url()))
+        document = render_webfinger(name, host, self.base_url(), privacy.feed)
         rels = query.get("rel")
         if rels:
             document["links"] = [link for link in document["links"] if link["rel"] in rels]
@@ -3857,12 +4131,14 @@ class WebServer(PooledTCPServer):
     max_cached_pages = 4096
 
     def __init__(self, address, store: Store, sock: Optional[socket.socket] = None,
-                 trusted_proxies: Sequence = (), public_url: str = "") -> None:
+                 trusted_proxies: Sequence = (), privacy: Privacy = PUBLIC) -> None:
         """trusted_proxies: networks whose Forwarded/X-Forwarded-* headers are believed;
-        public_url: the canonical base of absolute links ('' for the request's own)."""
+        privacy: what is published, and privacy.public_url, the canonical base of absolute
+        links ('' for the request's own)."""
         super().__init__(address, WebHandler, sock=sock)
         self.trusted_proxies = list(trusted_proxies)
-        self.public_url = public_url.rstrip("/")
+        self.privacy = privacy
+        self.public_url = privacy.public_url
         self._rpc_answers = VersionCache(1024)     # call body -> response, inline only
         self.store = store
         self.inline = not store.blocking
@@ -3893,7 +4169,7 @@ class WebServer(PooledTCPServer):
         if self._rpc is None:
             with self._pages_lock:
                 if self._rpc is None:
-                    self._rpc = rpc_dispatcher(lambda: self.store)
+                    self._rpc = rpc_dispatcher(lambda: self.store, self.privacy)
         return self._rpc
 
     def page(self, path: str, base: str = "") -> Optional[Page]:
@@ -3914,31 +4190,32 @@ class WebServer(PooledTCPServer):
 
     def render(self, path: str, base: str = "") -> Optional[Page]:
         """Every cacheable resource: the pages, their JSON, the feed."""
+        privacy = self.privacy
         if path in ("/", "/users.json"):
-            items = self.store.items()
+            items = [(name, privacy.release(status)) for name, status in self.store.items()]
             newest = max((status.set_at for _, status in items), default=0.0)
             if path == "/":
-                return make_page(render_user_list(items), newest)
+                return make_page(render_user_list(items, privacy.feed), newest)
             return make_page(render_json({"count": len(items), "users": [
                 status_json(name, status, base) for name, status in items]}), newest,
                 "application/json; charset=utf-8")
         if path == "/feed.atom":
-            changes = list(getattr(self.store, "changes", ()))
-            host = base.partition("://")[2] or "localhost"
-            host = host[1:].partition("]")[0] if host.startswith("[") else host.split(":")[0]
-            return make_page(render_feed(changes, base, host),
+            changes = [(name, privacy.release(status), when)
+                       for name, status, when in getattr(self.store, "changes", ())]
+            return make_page(render_feed(changes, base, privacy.canonical_name()),
                              max((when for _, _, when in changes), default=0.0),
                              "application/atom+xml; charset=utf-8")
         name, as_json = path[1:], False
         if name.endswith(".json"):
             name, as_json = name[:-5], True
-        status = self.store.get(name, verbose=True) if valid_name(name) else None
+        status = privacy.release(self.store.get(name, verbose=True)) if valid_name(name) \
+            else None
         if status is None:
             return None
         if as_json:
             return make_page(render_json(status_json(name, status, base)), status.set_at,
                              "application/json; charset=utf-8")
-        return make_page(render_user(name, status), status.set_at)
+        return make_page(render_user(name, status, privacy), status.set_at)
 
 
 # -- IRC ----------------------------------------------------------------------------------
@@ -4111,9 +4388,10 @@ class IRCBot:
                  wait: Optional[Callable[[float], bool]] = None,
                  ping_after: float = IRC_PING_AFTER, ping_timeout: float = IRC_PING_TIMEOUT,
                  register_timeout: float = IRC_REGISTER_TIMEOUT,
-                 send_rate: float = 1.0, send_burst: int = 4, public_url: str = "") -> None:
+                 send_rate: float = 1.0, send_burst: int = 4,
+                 privacy: Privacy = PUBLIC) -> None:
         self.store = store
-        self.public_url = public_url.rstrip("/")
+        self.privacy = privacy
         self.host, self.port, self.tls = host, port, tls
         self.wanted_nick = self.nick = nick
         self.channels = list(channels)
@@ -4391,8 +4669,10 @@ class IRCBot:
     def _lookup(self, to: str, user: str) -> List[str]:
         """The answer's lines (irc_reply()) for `to`; on any thread."""
         try:
-            page = self.public_url + "/" + user if self.public_url else ""
-            return irc_reply(user, self.store.get(user), irc_room("PRIVMSG", to), page)
+            base = self.privacy.public_url
+            page = base + "/" + user if base else ""
+            return irc_reply(user, self.privacy.release(self.store.get(user)),
+                             irc_room("PRIVMSG", to), page)
         except StoreUnavailable as e:
             log.warning("irc: %s", e)
             return [UNAVAILABLE]
@@ -4540,6 +4820,25 @@ def bind_server(label: str, endpoint: Tuple[str, int], factory,
     return server
 
 
+def preload(args: argparse.Namespace, serving: bool = True) -> None:
+    """Import now what this configuration imports lazily later, and look up the codecs that
+    decode_text() and host_key() use: after --user, the interpreter's own files may be out
+    of reach (a Python under a 0700 /root, a venv in a private home), and a module that
+    cannot load then would fail requests, not start-up.  `serving`: False for --inetd."""
+    import pwd  # noqa: F401
+    for codec in ("cp1252", "utf-16", "idna", "punycode"):
+        codecs.lookup(codec)
+    if serving:
+        from concurrent.futures import ThreadPoolExecutor  # noqa: F401  (workers)
+    if serving and args.http and args.http != "off" or args.backend == "xmlrpc":
+        import gzip  # noqa: F401
+        import xml.parsers.expat  # noqa: F401
+        import xmlrpc.client  # noqa: F401
+        import xmlrpc.server  # noqa: F401
+    if args.irc_tls or any(url.startswith("https:") for url in args.remote or ()):
+        import ssl  # noqa: F401
+
+
 def drop_privileges(user: str) -> None:
     """Become `user` for good: supplementary groups cleared, gid then uid set, and checked
     that root cannot be regained.  Called after binding, before anything else is opened."""
@@ -4650,7 +4949,7 @@ def stderr_is_client() -> bool:
     return stat.S_ISSOCK(err.st_mode) and (err.st_dev, err.st_ino) == (inp.st_dev, inp.st_ino)
 
 
-def serve_inetd(store: Store, allow_list: bool, log_queries: bool = False,
+def serve_inetd(store: Store, privacy: Privacy, log_queries: bool = False,
                 deadline: float = CONNECTION_DEADLINE, infd: int = 0, outfd: int = 1) -> int:
     """One finger query on stdin, its answer on stdout, as inetd or systemd Accept=yes run us:
     the same framing, limits, deadline and filtering as the finger listener."""
@@ -4667,7 +4966,7 @@ def serve_inetd(store: Store, allow_list: bool, log_queries: bool = False,
             line = query_text(buf[:length])
             if log_queries:
                 log.info("finger query from %s (inetd): %r", inetd_peer(infd), line.strip())
-            reply = answer_finger(store, line, allow_list)
+            reply = answer_finger(store, line, privacy)
             break
         if eof:
             return 0                        # connected and left without asking
@@ -4726,15 +5025,16 @@ class Daemon:
         # every acknowledged write's latency, 1 ms costs nothing measurable.
         sys.setswitchinterval(0.001)
         placeholder = MemoryStore()     # listeners are bound before the store is opened
+        privacy = privacy_of(args)
         adopted = systemd_listeners()
         factories = [
             ("finger", args.finger, lambda addr, sock: FingerServer(
-                addr, placeholder, not args.no_list, sock=sock)),
+                addr, placeholder, privacy, sock=sock)),
             ("setter", args.setter, lambda addr, sock: SetterServer(
                 addr, placeholder, args.setter_allow, sock=sock)),
             ("http", args.http, lambda addr, sock: WebServer(
                 addr, placeholder, sock=sock, trusted_proxies=args.trusted_proxy,
-                public_url=args.public_url or ""))]
+                privacy=privacy))]
         try:
             for label, endpoint, factory in factories:
                 if endpoint or label in adopted:
@@ -4749,6 +5049,7 @@ class Daemon:
                 log.info("setter-socket listening on %s", server.address)
                 self.servers.append(server)
             if args.user:
+                preload(args)
                 drop_privileges(args.user)
             elif os.geteuid() == 0:
                 log.warning("running as root; --user NAME would drop to NAME after binding")
@@ -4780,7 +5081,7 @@ class Daemon:
             self.bot = IRCBot(self.store, *args.irc, nick=args.irc_nick,
                               channels=args.irc_channel, tls=args.irc_tls,
                               password=args.irc_secret, sasl=args.irc_sasl,
-                              public_url=args.public_url or "")
+                              privacy=privacy)
             self.bot.metrics = self.monitor.metrics
             self.monitor.bot = self.bot
             self.bot.start()
@@ -5075,8 +5376,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="HTTP: the canonical base of absolute links (WebFinger, Atom, "
                           "JSON), e.g. https://finger.example.org/ (default: the URL the "
                           "client asked for)")
-    net.add_argument("--no-list", action="store_true",
-                     help="answer an empty finger query with 'Finger online user list denied'")
+    privacy = parser.add_argument_group("privacy (README: Privacy)")
+    privacy.add_argument("--no-list", action="store_true",
+                         help="publish no list of users anywhere: the empty finger query, "
+                              "GET /, /users.json, getUsers() and the Atom feed are refused; "
+                              "single users still answer")
+    privacy.add_argument("--show", metavar="FIELDS", type=show_arg, default=frozenset(ATOMS),
+                         help="the atoms released on every surface, a comma list of %s "
+                              "(default: all)" % ",".join(ATOMS))
+    privacy.add_argument("--webfinger-domain", metavar="NAME", action="append", default=[],
+                         type=domain_arg,
+                         help="WebFinger also answers acct:USER@NAME (repeatable; it always "
+                              "answers for the --public-url host, else the Host it is "
+                              "reached by)")
     irc = parser.add_argument_group("IRC bot")
     irc.add_argument("--irc", metavar="HOST[:PORT]|off", default="off",
                      help="connect a bot to this IRC server (default: off; port 6667, 6697 "
@@ -5123,6 +5435,7 @@ def run_inetd(args: argparse.Namespace) -> int:
     """--inetd: one query on stdin/stdout, then exit (inetd, systemd Accept=yes)."""
     try:
         if args.user:
+            preload(args, serving=False)
             drop_privileges(args.user)
         store = open_store(args)
     except FingerdError as e:
@@ -5131,7 +5444,7 @@ def run_inetd(args: argparse.Namespace) -> int:
             print("fingerd: %s" % e, file=sys.stderr)
         return 1
     try:
-        return serve_inetd(store, not args.no_list, args.log_queries)
+        return serve_inetd(store, privacy_of(args), args.log_queries)
     finally:
         store.close()
 

@@ -122,7 +122,7 @@ class BackendFailureTest(unittest.TestCase):
                 code = 503 if failure is fingerd.StoreUnavailable else 500
                 with Quiet(self):
                     for path in ("/alice", "/", "/users.json", "/alice.json",
-                                 "/.well-known/webfinger?resource=acct:alice@x"):
+                                 "/.well-known/webfinger?resource=acct:alice@127.0.0.1"):
                         self.assertEqual(http_get(server.port, path)[0], code, path)
                 self.store.failure = None
                 self.assertEqual(http_get(server.port, "/alice")[0], 200)

@@ -421,7 +421,7 @@ class JSONAndWebFingerTest(unittest.TestCase):
         self.assertIn({"rel": "http://webfinger.net/rel/profile-page", "type": "text/html",
                        "href": "http://finger.example/alice"}, jrd["links"])
         filtered = json.loads(self.get("/.well-known/webfinger?resource=acct:alice@x"
-                                       "&rel=describedby")[1])
+                                       "&rel=describedby", host="x")[1])
         self.assertEqual([link["rel"] for link in filtered["links"]], ["describedby"])
 
     def test_webfinger_errors(self):

@@ -40,7 +40,8 @@ class FingerReplyTest(unittest.TestCase):
                                   evil="\x1b]0;owned\x07\x1b[31mred\x1b[0m\x00\x7f\u202e!")
 
     def reply(self, line, allow_list=True):
-        return fingerd.finger_reply(self.store, fingerd.parse_query(line), allow_list)
+        return fingerd.finger_reply(self.store, fingerd.parse_query(line),
+                                    fingerd.Privacy(listing=allow_list))
 
     def test_single_user(self):
         self.assertEqual(self.reply("alice"), "Happy and well\r\n")
@@ -118,7 +119,7 @@ class FingerServerTest(unittest.TestCase):
         self.assertIn(b"zed: new here\r\n", self.finger(b"\r\n"))
 
     def test_list_denied(self):
-        self.server.allow_list = False
+        self.server.privacy = fingerd.Privacy(listing=False)
         self.assertEqual(self.finger(b"\r\n"), b"Finger online user list denied\r\n")
 
     def test_forwarding_denied_and_connects_nowhere(self):

@@ -91,7 +91,8 @@ class FuzzTest(unittest.TestCase):
                     continue
                 handled += 1
                 line = fingerd.decode_peer(data[:length])
-                reply = fingerd.answer_finger(data_store, line, self.rng.random() < 0.5)
+                reply = fingerd.answer_finger(data_store, line, fingerd.Privacy(
+                    listing=self.rng.random() < 0.5))
                 text = reply.decode("utf-8")
                 self.assertTrue(text.endswith("\r\n"), data)
                 self.assertNotIn("\n", text.replace("\r\n", ""), data)

@@ -144,7 +144,8 @@ class BehindNginxTest(unittest.TestCase):
 
     def test_public_url_wins(self):
         self.start("--rate", "0", "--public-url", "https://finger.example.org/")
-        code, _, body = get(self.port, "/.well-known/webfinger?resource=acct:alice@finger.test")
+        code, _, body = get(self.port,
+                            "/.well-known/webfinger?resource=acct:alice@finger.example.org")
         self.assertEqual(code, 200)
         hrefs = [link["href"] for link in json.loads(body)["links"]]
         self.assertTrue(hrefs and all(h.startswith("https://finger.example.org/")

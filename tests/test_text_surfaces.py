@@ -34,7 +34,8 @@ def servers(test, store, public_url=""):
     """In-process finger, setter and web listeners on port 0 over one store."""
     finger = serve(test, fingerd.FingerServer(("127.0.0.1", 0), store))
     setter = serve(test, fingerd.SetterServer(("127.0.0.1", 0), store))
-    web = serve(test, fingerd.WebServer(("127.0.0.1", 0), store, public_url=public_url))
+    web = serve(test, fingerd.WebServer(("127.0.0.1", 0), store,
+                                        privacy=fingerd.Privacy(public_url=public_url)))
     return finger.port, setter.port, web.port
 
 
@@ -483,7 +484,7 @@ class IRCTextTest(unittest.TestCase):
                 self.assertTrue(lines[-1].decode().endswith(" \u2026"), lines[-1][-20:])
 
     def test_the_cut_links_the_page_with_public_url(self):
-        client = self.bot(public_url="https://finger.example.org/")
+        client = self.bot(privacy=fingerd.Privacy(public_url="https://finger.example.org/"))
         lines = self.answer(client, b"long")
         self.assertEqual(len(lines), 4)
         self.assertTrue(lines[-1].endswith(" \u2026 https://finger.example.org/long".encode()),
