@@ -245,16 +245,19 @@ _NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff%s]" % _NONCHARAC
 # A stored status is stricter: lines joined by LF, and within a line no control character
 # but TAB (C0, DEL, C1: so CR, FF, VT, NEL are gone too), no terminal escape sequence, and
 # none of the invisible format characters that reorder or hide text (bidi overrides, "Trojan
-# Source"), BOM.  Terminal escape sequences are removed whole, so that no "[31m" residue is
-# left: OSC/DCS/SOS/PM/APC strings (to BEL or ST), CSI sequences (7- and 8-bit), other ESC
-# forms.
+# Source"), BOM, tag characters (invisible text) but in a flag's tag sequence.  Terminal
+# escape sequences are removed whole, so that no "[31m" residue is left: OSC/DCS/SOS/PM/APC
+# strings (to BEL or ST; unterminated, only the introducer goes, which leaves the rest
+# inert), CSI sequences (7- and 8-bit), other ESC forms.  ZWJ and ZWNJ stay: emoji
+# sequences and Persian or Indic words need them.
 _ESCAPE_SEQUENCE = re.compile(
-    r"(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"
     r"|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
     r"|\x1b[\x20-\x2f]*[\x30-\x7e]?")
 _UNSAFE_CHARS = re.compile(
-    "[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff"
-    "\ufff9-\ufffb\ud800-\udfff%s]" % _NONCHARACTERS)
+    "(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)|[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c"
+    "\u200b\u200e\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb\ud800-\udfff"
+    "\U000e0000-\U000e007f%s]" % _NONCHARACTERS)
 # Records (a users file's lines, a status's lines) end in LF or CRLF, nothing else: FF, VT,
 # NEL, U+2028 and U+2029 inside a line are text, filtered as above (str.splitlines() would
 # split on them).
@@ -271,7 +274,11 @@ def clean_line(text: str) -> str:
     sequence, no noncharacter or lone surrogate, no bidi override (see _UNSAFE_CHARS)."""
     if text.isprintable():          # the common case costs one C-level scan
         return text
-    return _UNSAFE_CHARS.sub("", _ESCAPE_SEQUENCE.sub("", text))
+    return _UNSAFE_CHARS.sub(_keep_flag, _ESCAPE_SEQUENCE.sub("", text))
+
+
+def _keep_flag(match) -> str:
+    return match.group(1) or ""
 
 
 def split_lines(text: str) -> List[str]:
@@ -301,10 +308,21 @@ def decode_peer(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
-# Windows-1252 leaves 0x81 0x8D 0x8F 0x90 0x9D undefined; they are read as Latin-1 (C1
-# controls, then filtered), so that the legacy reading never fails.
-codecs.register_error("fingerd-latin-1", lambda e: (
-    e.object[e.start:e.end].decode("latin-1"), e.end))
+# Windows-1252 leaves 0x81 0x8D 0x8F 0x90 0x9D undefined; they read as U+FFFD, never as the
+# C1 controls of Latin-1 (0x90 and 0x9D would open a DCS or OSC string).
+codecs.register_error("fingerd-cp1252", lambda e: ("\ufffd" * (e.end - e.start), e.end))
+_SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
+
+
+def decode_utf8(data: bytes) -> str:
+    """UTF-8, strictly, but for surrogates: a pair (CESU-8, as Java and MySQL's 'utf8'
+    write astral characters) is read as the character it encodes, a lone one is kept for
+    clean_line() to remove.  Raises UnicodeDecodeError."""
+    text = data.decode("utf-8", "surrogatepass")
+    if b"\xed" in data and _SURROGATE_PAIR.search(text):     # ED A0-BF: a surrogate
+        text = _SURROGATE_PAIR.sub(lambda m: m.group().encode(
+            "utf-16-le", "surrogatepass").decode("utf-16-le"), text)
+    return text
 
 
 def decode_text(data: bytes, source: str = "", cut: bool = False) -> str:
@@ -318,12 +336,19 @@ def decode_text(data: bytes, source: str = "", cut: bool = False) -> str:
         return codecs.getincrementaldecoder("utf-16")("replace").decode(data, final=not cut)
     if data[:3] == b"\xef\xbb\xbf":
         data = data[3:]
+    if cut:                      # an incomplete last character is left out, not replaced
+        decoder = codecs.getincrementaldecoder("utf-8")("surrogatepass")
+        try:
+            decoder.decode(data)
+            data = data[:len(data) - len(decoder.getstate()[0])]
+        except UnicodeDecodeError:
+            pass
     try:
-        return codecs.getincrementaldecoder("utf-8")().decode(data, final=not cut)
+        return decode_utf8(data)
     except UnicodeDecodeError:
         if source:
             log.debug("%s is not UTF-8; read as Windows-1252", source)
-        return data.decode("cp1252", "fingerd-latin-1")
+        return data.decode("cp1252", "fingerd-cp1252")
 
 
 def os_text(text: str, source: str = "") -> str:
@@ -455,11 +480,12 @@ def check_status(user: str, text: str) -> str:
 def parse_duration(spec: str, now: Optional[float] = None) -> float:
     """'90s', '15m', '2h', '1d', '1h30m', '1w' or plain seconds -> the epoch time it ends;
     BadStatus unless it is in the future and within MAX_EXPIRY."""
-    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?[smhdw]?\s*)+)", spec or "")
+    parts = re.fullmatch(r"\s*((?:\d+(?:\.\d+)?[smhdw]?\s*)+)", spec or "", re.ASCII)
     if not parts:
         raise BadStatus("bad expiry %r (like 90s, 15m, 2h, 1d, 1h30m)" % spec[:40])
     seconds = 0.0
-    for number, unit in re.findall(r"(\d+(?:\.\d+)?)([smhdw]?)", parts.group(1)):
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)([smhdw]?)", parts.group(1),
+                                   re.ASCII):
         seconds += float(number) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400,
                                     "w": 604800}[unit]
     if not 0 < seconds <= MAX_EXPIRY:
@@ -660,21 +686,26 @@ def parse_users(text: str, source: str = "users file") -> Dict[str, Status]:
 
     Records are lines ending in LF or CRLF (split_lines): a form feed or U+2028 inside one is
     text, filtered as in any status.  Blank lines and '#' comments are ignored; a malformed
-    line is skipped with a warning that names its line number.  A status may use '\\n' for a
-    line break."""
+    line, or one with an empty status, is skipped with a warning that names its line number.
+    A status may use '\\n' for a line break and '\\\\' for a backslash."""
     users = {}
     for number, line in enumerate(split_lines(text), 1):
-        stripped = line.strip(" \t")
+        stripped = line.strip(" \t\ufeff")     # a BOM mid-file: two files joined by cat
         if not stripped or stripped.startswith("#"):
             continue
         user, colon, status = stripped.partition(":")
         user = user.strip()
-        if not colon or not valid_name(user):
-            log.warning("%s line %d skipped: expected 'user: status' with a valid name, got %r",
-                        source, number, stripped[:80])
+        text = clean_text(_USERS_FILE_ESCAPE.sub(
+            lambda m: "\n" if m.group(1) == "n" else "\\", status.strip(" \t")))
+        if not colon or not valid_name(user) or not text:
+            log.warning("%s line %d skipped: expected 'user: status' with a valid name and a "
+                        "status, got %r", source, number, stripped[:80])
             continue
-        users[user] = Status(clean_text(status.strip(" \t").replace("\\n", "\n")))
+        users[user] = Status(text)
     return users
+
+
+_USERS_FILE_ESCAPE = re.compile(r"\\([n\\])")
 
 
 class MemoryStore(DictStore):
@@ -1024,7 +1055,9 @@ PROGRAM_TIMEOUT = 5.0                 # seconds for the local finger program
 PROGRAM_OUTPUT_LIMIT = 64 * 1024      # bytes of its output kept
 REMOTE_TIMEOUT = 5.0                  # seconds for each remote call (connect and reads)
 REMOTE_MAX_RESPONSE = 4 * 1024 * 1024 # an XML-RPC answer larger than this is refused
-REMOTE_BATCH = 200                    # getUser calls per system.multicall for the user list
+# getUser calls per system.multicall for the user list; an answer over REMOTE_MAX_RESPONSE
+# (large statuses: XML escaping can make one 16 KiB status 80 KiB) is asked again in halves.
+REMOTE_BATCH = 200
 INSTANCE_ID = "%016x" % random.SystemRandom().getrandbits(64)   # this process, in Via chains
 _request_context = threading.local()  # the Via chain of the HTTP request being served
 
@@ -1262,8 +1295,8 @@ class ProcessStore(Store):
 
     The name is validated first, so it can never be an option; the program gets 5 s, its own
     process group (killed whole on time-out), no input, a minimal environment in a UTF-8
-    locale (utf8_locale()), and at most 64 KiB of its output is kept, read as a file is
-    (decode_text(), after unescape_finger()) and filtered like every status."""
+    locale (utf8_locale()), and at most 64 KiB of its output is kept, read line by line as
+    a file is (decode_text(), after unescape_finger()) and filtered like every status."""
 
     name = "process"
     writable = False
@@ -1312,8 +1345,13 @@ class ProcessStore(Store):
         if timed_out:
             raise StoreUnavailable("%s took longer than %g s" % (self.program, self.timeout))
         data = b"".join(chunks)
-        return proc.returncode, decode_text(unescape_finger(data[:PROGRAM_OUTPUT_LIMIT]),
-                                            self.program, len(data) > PROGRAM_OUTPUT_LIMIT)
+        cut = len(data) > PROGRAM_OUTPUT_LIMIT
+        # Line by line: one account's Latin-1 .plan must not turn the UTF-8 GECOS above it
+        # into mojibake.
+        lines = unescape_finger(data[:PROGRAM_OUTPUT_LIMIT]).split(b"\n")
+        return proc.returncode, "\n".join(
+            decode_text(line, cut=cut and number == len(lines) - 1)
+            for number, line in enumerate(lines))
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         if not valid_name(user):
@@ -1346,16 +1384,22 @@ class ProcessStore(Store):
         return found
 
 
+class AnswerTooLarge(FingerdError):
+    """A remote's answer over REMOTE_MAX_RESPONSE: the remote works, the question was too
+    big (RemoteStore asks again for fewer users)."""
+
+
 _XML_ENCODING = re.compile(rb"\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
 _CHAR_REFERENCE = re.compile(r"&#(?:x([0-9A-Fa-f]{1,8})|([0-9]{1,10}));")
 
 
 def xml_chars_only(data: bytes, source: str = "") -> bytes:
-    """A UTF-8 XML document with what XML forbids taken out of its text (raw, as invalid
-    UTF-8, or as a character reference such as &#xFFFE;), so that one bad string in an
-    answer (an older server's status holding U+FFFF) does not make the whole answer, and
-    every other user in it, unreadable.  A document declaring another encoding is returned
-    as it is."""
+    """A UTF-8 XML document with what XML forbids replaced by U+FFFD (raw, as invalid
+    UTF-8, or as a character reference such as &#xFFFE;) and terminal escape sequences
+    removed whole, so that one bad string in an answer (an older server's status holding
+    U+FFFF) does not make the whole answer, and every other user in it, unreadable; a name
+    so marked is no longer a valid name, so it cannot stand for another.  A document
+    declaring another encoding is returned as it is."""
     declared = _XML_ENCODING.match(data)
     if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
         return data
@@ -1363,11 +1407,13 @@ def xml_chars_only(data: bytes, source: str = "") -> bytes:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = None
-    cleaned = xml_safe(text if text is not None else data.decode("utf-8", "replace"))
+    cleaned = text if text is not None else data.decode("utf-8", "replace")
+    if _NOT_XML.search(cleaned):
+        cleaned = _NOT_XML.sub("\ufffd", _ESCAPE_SEQUENCE.sub("", cleaned))
 
     def reference(match):
         code = int(match.group(1), 16) if match.group(1) else int(match.group(2))
-        return match.group() if code <= 0x10FFFF and not _NOT_XML.match(chr(code)) else ""
+        return match.group() if code <= 0x10FFFF and not _NOT_XML.match(chr(code)) else "\ufffd"
     if "&#" in cleaned:
         cleaned = _CHAR_REFERENCE.sub(reference, cleaned)
     if cleaned == text:
@@ -1429,9 +1475,10 @@ def remote_transport_class(secure: bool):
                 if not chunk:
                     break
                 data += chunk
-                if len(data) > REMOTE_MAX_RESPONSE or time.monotonic() > end:
-                    raise xmlrpc.client.ProtocolError(self.via, 502, "answer too large or slow",
-                                                      {})
+                if len(data) > REMOTE_MAX_RESPONSE:
+                    raise AnswerTooLarge("answer over %d bytes" % REMOTE_MAX_RESPONSE)
+                if time.monotonic() > end:
+                    raise xmlrpc.client.ProtocolError(self.via, 502, "answer too slow", {})
             if re.search(rb"<!(?:DOCTYPE|ENTITY)", data, re.I):
                 raise xmlrpc.client.ProtocolError(self.via, 502, "answer has a DTD", {})
             parser, unmarshaller = self.getparser()
@@ -1514,7 +1561,8 @@ class RemoteStore(Store):
         self._users: Tuple[float, List[str]] = (-1e9, [])
 
     def _call(self, remote: Remote, method: str, *args):
-        """One call; StoreUnavailable when the remote cannot answer now."""
+        """One call; StoreUnavailable when the remote cannot answer now, AnswerTooLarge
+        when its answer is over REMOTE_MAX_RESPONSE."""
         if not remote.may_call():
             raise StoreUnavailable("remote %s is not answering" % remote.url)
         import xmlrpc.client
@@ -1531,6 +1579,9 @@ class RemoteStore(Store):
                 raise StoreUnavailable("remote loop")
             remote.worked()                        # it answered, with a fault
             raise StoreUnavailable("remote fault: %s" % clean_line(str(e.faultString))[:200])
+        except AnswerTooLarge:
+            remote.worked()                        # it answered: ask for less
+            raise
         except (OSError, xmlrpc.client.Error, http.client.HTTPException, ValueError,
                 TypeError, AttributeError) as e:
             remote.failed(clean_line(str(e))[:200] or type(e).__name__)
@@ -1558,6 +1609,10 @@ class RemoteStore(Store):
         for remote in self.remotes:
             try:
                 text = self._call(remote, "getUser", user)
+            except AnswerTooLarge:
+                log.warning("remote %s: the status of %s is over %d bytes; left out",
+                            remote.url, user, REMOTE_MAX_RESPONSE)
+                continue
             except StoreUnavailable:
                 continue
             answered = True
@@ -1605,18 +1660,33 @@ class RemoteStore(Store):
         for remote in self.remotes:
             wanted = [n for n in (remote.users or ()) if found.get(n) is None]
             for start in range(0, len(wanted), REMOTE_BATCH):
-                batch = wanted[start:start + REMOTE_BATCH]
-                calls = [{"methodName": "getUser", "params": [n]} for n in batch]
-                try:
-                    results = self._call(remote, "system.multicall", calls)
-                except StoreUnavailable:
+                if not self._fetch(remote, wanted[start:start + REMOTE_BATCH], found):
                     break
-                for name, result in zip(batch, results if isinstance(results, list) else []):
-                    if isinstance(result, list) and result and isinstance(result[0], str) \
-                            and result[0].strip() not in ("", NO_SUCH_USER):
-                        found[name] = Status(clean_text(result[0]))
-                        self._remember(name, found[name])
         return [(name, found[name]) for name in names if found.get(name) is not None]
+
+    def _fetch(self, remote: Remote, batch: List[str],
+               found: Dict[str, Optional[Status]]) -> bool:
+        """The statuses of `batch` from one system.multicall into `found`; an answer too
+        large is asked again in halves.  False when the remote cannot answer now."""
+        calls = [{"methodName": "getUser", "params": [n]} for n in batch]
+        try:
+            results = self._call(remote, "system.multicall", calls)
+        except AnswerTooLarge:
+            if len(batch) == 1:
+                log.warning("remote %s: the status of %s is over %d bytes; left out",
+                            remote.url, batch[0], REMOTE_MAX_RESPONSE)
+                return True
+            half = len(batch) // 2
+            return (self._fetch(remote, batch[:half], found)
+                    and self._fetch(remote, batch[half:], found))
+        except StoreUnavailable:
+            return False
+        for name, result in zip(batch, results if isinstance(results, list) else []):
+            if isinstance(result, list) and result and isinstance(result[0], str) \
+                    and result[0].strip() not in ("", NO_SUCH_USER):
+                found[name] = Status(clean_text(result[0]))
+                self._remember(name, found[name])
+        return True
 
 
 BACKENDS = {"sqlite": SQLiteStore, "memory": MemoryStore, "file": FileStore, "pwd": PlanStore,
@@ -2761,17 +2831,18 @@ class FingerQuery(NamedTuple):
 # RFC 854/855: IAC (255) starts a Telnet command: WILL/WONT/DO/DONT and an option byte,
 # SB ... IAC SE, or a single byte (NOP, AYT, GA, ...); IAC IAC is the data byte 255, and a
 # Telnet client sends a bare CR as CR NUL.
-_TELNET = re.compile(rb"\xff(?:\xfa.*?(?:\xff\xf0|\Z)|[\xfb-\xfe].?|[\xf0-\xf9\xff]?)|\r\x00",
+_TELNET = re.compile(rb"\xff(?:\xfa.*?(?:\xff\xf0|\Z)|[\xfb-\xfe].?|[\xec-\xf9\xff]?)|\r\x00",
                      re.S)
 
 
 def strip_telnet(data: bytes) -> bytes:
     """The bytes a Telnet client meant (RFC 742 asks finger servers to filter Telnet
-    commands): option negotiation and subnegotiation removed, IAC IAC read as 255, CR NUL
-    as CR.  `telnet host 79` then gets the answer nc gets."""
+    commands): option negotiation, subnegotiation and the one-byte commands (RFC 854, 885,
+    1184: EOR, ABORT, SUSP, EOF too) removed, IAC IAC read as 255, CR NUL (Return in
+    character mode) as CRLF.  `telnet host 79` then gets the answer nc gets."""
     if b"\xff" not in data and b"\r\x00" not in data:
         return data
-    return _TELNET.sub(lambda m: {b"\xff\xff": b"\xff", b"\r\x00": b"\r"}.get(m.group(), b""),
+    return _TELNET.sub(lambda m: {b"\xff\xff": b"\xff", b"\r\x00": b"\r\n"}.get(m.group(), b""),
                        data)
 
 
@@ -2867,6 +2938,9 @@ class FingerHandler(BufferedRequestHandler):
     @classmethod
     def request_length(cls, buf, eof):
         end = buf.find(b"\n")
+        telnet_return = buf.find(b"\r\x00", 0, end if end >= 0 else len(buf))
+        if telnet_return >= 0:                   # a Telnet client in character mode
+            end = telnet_return + 1
         if end >= 0:
             if end > MAX_QUERY + 1:              # the line's text, not counting its CR
                 raise RequestTooLarge()
@@ -2946,8 +3020,8 @@ def parse_setter_request(data: bytes, caller: Optional[str] = None,
     it, header lines: 'expires: DURATION' sets an expiry, 'clear: yes' (and no status) clears
     the user's status; clearing is never implied, so a garbled request wipes nothing.
     Raises BadName or BadStatus."""
-    try:       # UTF-8; a lone surrogate (a lenient encoder's) is let in, then filtered
-        text = data.decode("utf-8", "surrogatepass")
+    try:
+        text = decode_utf8(data).lstrip("\ufeff")
     except UnicodeDecodeError as e:
         raise BadStatus("not UTF-8 text (byte %d); convert it first, e.g. iconv -f latin1 "
                         "-t utf-8" % e.start)
@@ -4311,15 +4385,18 @@ def irc_bytes(text: str) -> bytes:
     return text.encode("utf-8", "surrogateescape")
 
 
-def utf8_chunks(text: str, limit: int) -> List[str]:
-    """text cut into pieces of at most `limit` (> 3) UTF-8 bytes, never inside a
-    character."""
+def utf8_chunks(text: str, limit: int, words: bool = False) -> List[str]:
+    """text cut into pieces of at most `limit` (> 3) UTF-8 bytes, never inside a character;
+    `words`: after a space when there is one in the last quarter of the piece."""
     data = irc_bytes(text)
     chunks = []
     while len(data) > limit:
         cut = limit
         while cut > limit - 4 and data[cut] & 0xC0 == 0x80:    # a continuation byte: back
             cut -= 1
+        space = data.rfind(b" ", limit - limit // 4, cut) if words else -1
+        if space > 0:
+            cut = space + 1
         chunks.append(data[:cut].decode("utf-8", "surrogateescape"))
         data = data[cut:]
     chunks.append(data.decode("utf-8", "surrogateescape"))
@@ -4343,13 +4420,13 @@ def irc_reply(user: str, status: Optional[Status], room: int, page: str = "") ->
     out: List[str] = []
     for line in lines:
         if line.strip():                 # an empty PRIVMSG is an error (412)
-            out.extend(utf8_chunks(line, room))
+            out.extend(chunk.rstrip(" ") for chunk in utf8_chunks(line, room, words=True))
         if len(out) > IRC_REPLY_LINES:
             break
     if len(out) <= IRC_REPLY_LINES:
         return out
     tail = " \u2026 " + page if page and len(irc_bytes(page)) < room // 2 else " \u2026"
-    last = utf8_chunks(out[IRC_REPLY_LINES - 1], room - len(irc_bytes(tail)))[0]
+    last = utf8_chunks(out[IRC_REPLY_LINES - 1], room - len(irc_bytes(tail)), words=True)[0]
     return out[:IRC_REPLY_LINES - 1] + [last.rstrip() + tail]
 
 
@@ -5161,12 +5238,20 @@ class Daemon:
 # -- Command line -------------------------------------------------------------------------
 
 def public_url_arg(spec: str) -> str:
-    """--public-url: an absolute http or https URL with a host and no query or fragment."""
+    """--public-url: an absolute http or https URL with a host and no query or fragment; a
+    Unicode host name becomes its IDNA (punycode) form."""
     parts = urllib.parse.urlsplit(spec)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
             or parts.fragment or not clean_line(spec) == spec:
         raise argparse.ArgumentTypeError("not an http(s) URL like https://finger.example.org/:"
                                          " %r" % spec)
+    host = parts.hostname or ""
+    if not host.isascii():         # links, ids and WebFinger carry the ASCII (IDNA) name
+        ascii_host = host_key(host)
+        if not ascii_host:
+            raise argparse.ArgumentTypeError("not a host name in %r" % spec)
+        netloc = ascii_host + (":%d" % parts.port if parts.port else "")
+        spec = urllib.parse.urlunsplit(parts._replace(netloc=netloc))
     return spec.rstrip("/")
 
 
@@ -5256,9 +5341,9 @@ ARG_FILE_DEPTH = 8             # @FILEs naming @FILEs, at most this deep
 class ArgumentParser(argparse.ArgumentParser):
     """argparse reading @FILE arguments the way a config file is written: shell-like words,
     several per line ('--finger 79'), '#' comments and blank lines ignored.  The file is
-    read as decode_text() reads files (UTF-8 without BOM, else Windows-1252), lines end in
-    LF or CRLF only, @FILEs may name @FILEs, and the value of --set is never a file
-    ('--set @home' is a status)."""
+    read as argv is (UTF-8 without its BOM; other bytes kept as they are, so a path in
+    Latin-1 still names its file), lines end in LF or CRLF only, @FILEs may name @FILEs, and
+    the value of --set is never a file ('--set @home' is a status)."""
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -5292,8 +5377,12 @@ class ArgumentParser(argparse.ArgumentParser):
         if len(data) > MAX_ARG_FILE:
             self.error("@%s is over %d bytes; it is not a configuration file"
                        % (path, MAX_ARG_FILE))
+        # Arguments, read as Python reads argv: UTF-8, and bytes that are not UTF-8 kept
+        # exactly (surrogateescape), so that a Latin-1 path names the very file.
+        if data[:3] == b"\xef\xbb\xbf":
+            data = data[3:]
         args: List[str] = []
-        for line in split_lines(decode_text(data, path)):
+        for line in split_lines(data.decode("utf-8", "surrogateescape")):
             args.extend(self.convert_arg_line_to_args(line))
         return args
 

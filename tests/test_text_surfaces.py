@@ -149,19 +149,20 @@ class FederationTest(unittest.TestCase):
         self.front = fingerd.RemoteStore([url], refresh=3600, timeout=2.0)
 
     def test_the_list_keeps_every_user(self):
+        # What XML forbids arrives as U+FFFD: the reader sees that something was there.
         self.assertEqual(dict(self.front.items()), {
-            "alice": Status("Happy"), "bob": Status("wave  here"),
-            "carol": Status("nul and"), "dave": Status("fine")})
+            "alice": Status("Happy"), "bob": Status("wave \ufffd here"),
+            "carol": Status("nul\ufffd and \ufffd"), "dave": Status("fine")})
         self.assertFalse(self.front.remotes[0].down)
 
     def test_single_lookups(self):
-        self.assertEqual(self.front.get("bob").text, "wave  here")
+        self.assertEqual(self.front.get("bob").text, "wave \ufffd here")
         self.assertEqual(self.front.get("alice").text, "Happy")
 
     def test_xml_chars_only(self):
         clean = fingerd.xml_chars_only
-        self.assertEqual(clean("<a>x\ufffey&#xFFFF;&#65;&#0;&#55296;</a>".encode()),
-                         b"<a>xy&#65;</a>")
+        self.assertEqual(clean("<a>x\ufffey&#xFFFF;&#65;&#0;&#55296;\x1b[31m</a>".encode()),
+                         "<a>x\ufffdy\ufffd&#65;\ufffd\ufffd</a>".encode())
         self.assertEqual(clean(b"<a>\xe9</a>"), "<a>\ufffd</a>".encode())
         latin = b'<?xml version="1.0" encoding="ISO-8859-1"?><a>\xe9</a>'
         self.assertIs(clean(latin), latin)
@@ -180,7 +181,8 @@ class FileDecodingTest(unittest.TestCase):
                          "Caf\u00e9 ouvert \u00e0 9h, na\u00efve\n")
         self.assertEqual(decode(b"it\x92s \x93quoted\x94 \x80 5"),
                          "it\u2019s \u201cquoted\u201d \u20ac 5")
-        self.assertEqual(decode(b"\x81\x8d\x8f\x90\x9d"), "\x81\x8d\x8f\x90\x9d")  # Latin-1
+        # Undefined in Windows-1252: U+FFFD, never a C1 control (0x90 would open a DCS).
+        self.assertEqual(decode(b"La fen\x90tre \x9d ok"), "La fen\ufffdtre \ufffd ok")
         self.assertEqual(decode(b"\xef\xbb\xbfalice: hi"), "alice: hi")
         self.assertEqual(decode("alice: hi".encode("utf-16")), "alice: hi")
         self.assertEqual(decode("caf\u00e9 \u20ac".encode("utf-8")), "caf\u00e9 \u20ac")
@@ -529,8 +531,126 @@ class GecosTest(unittest.TestCase):
                          [("Name", "Ren\u00e9 Fran\u00e7ois")])
 
 
+# -- What an outsider found next (each once a defect) --------------------------------------------
+
+class EdgesTest(unittest.TestCase):
+    def setUp(self):
+        self.store = fingerd.MemoryStore()
+        self.store._data = {"alice": Status("Happy and well", 1.0)}
+        self.finger, self.setter, self.http = servers(self, self.store)
+
+    def test_telnet_character_mode_return_ends_the_line(self):
+        # inetutils telnet after "mode character": Return is CR NUL, no LF follows.
+        self.assertEqual(query(self.finger, b"\xff\xfd\x03\xff\xfd\x01alice\r\x00"),
+                         b"Happy and well\r\n")
+        reply = query(self.setter, b"\xff\xfd\x03\xff\xfd\x01bob\r\x00char mode\r\x00",
+                      half_close=True)
+        self.assertEqual(reply, b"OK\r\n")
+        self.assertEqual(self.store.get("bob").text, "char mode")
+
+    def test_telnet_commands_236_to_239(self):
+        for command_byte in b"\xec\xed\xee\xef":
+            data = b"alice\xff" + bytes((command_byte,)) + b"\r\n"
+            self.assertEqual(query(self.finger, data), b"Happy and well\r\n", data)
+
+    def test_cesu8_zwj_zwnj_flags_and_tags(self):
+        cases = [(b"\xed\xa0\xbd\xed\xb8\x80 smile", "\U0001f600 smile"),     # CESU-8
+                 ("\U0001f468\u200d\U0001f469\u200d\U0001f467".encode(),
+                  "\U0001f468\u200d\U0001f469\u200d\U0001f467"),             # ZWJ family
+                 ("\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645".encode(),
+                  "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645"),    # ZWNJ
+                 ("\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074"
+                  "\U000e007f flag".encode(),
+                  "\U0001f3f4\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074"
+                  "\U000e007f flag"),                                        # Scotland
+                 ("hi \U000e0073\U000e0065\U000e0063 there".encode(), "hi  there")]
+        for number, (data, text) in enumerate(cases):
+            with self.subTest(text=text):
+                user = b"t%d" % number
+                self.assertEqual(query(self.setter, user + b"\n" + data + b"\n",
+                                       half_close=True), b"OK\r\n")
+                self.assertEqual(self.store.get(user.decode()).text, text)
+
+    def test_setter_bom_before_the_user_line(self):
+        reply = query(self.setter, b"\xef\xbb\xbfcarol\nfrom notepad\n", half_close=True)
+        self.assertEqual(reply, b"OK\r\n")
+        self.assertEqual(self.store.get("carol").text, "from notepad")
+
+    def test_expiry_takes_ascii_digits_only(self):
+        reply = query(self.setter, "dan\nexpires: \u0661\u0662h\nx\n".encode(),
+                      half_close=True)
+        self.assertTrue(reply.startswith(b"ERROR bad expiry"), reply)
+
+
+class FileEdgesTest(unittest.TestCase):
+    def test_users_file_edges(self):
+        legacy = b"mac: La fen\x90tre est ouverte, tr\x8fs bien\n"        # MacRoman
+        joined = (b"\xef\xbb\xbfa: one\n\xef\xbb\xbfjoined: after a BOM mid-file\n"
+                  b"path: C:\\\\new\\\\temp\nzed:\n")
+        with self.assertLogs(fingerd.log, "WARNING") as logs:
+            users = fingerd.parse_users(fingerd.decode_text(legacy))
+            users.update(fingerd.parse_users(fingerd.decode_text(joined)))
+        self.assertEqual({u: s.text for u, s in users.items()}, {
+            "mac": "La fen\ufffdtre est ouverte, tr\ufffds bien", "a": "one",
+            "joined": "after a BOM mid-file", "path": "C:\\new\\temp"})
+        self.assertEqual(len(logs.records), 1)                # zed: an empty status
+
+    def test_arg_file_keeps_a_latin1_path(self):
+        directory = temp_dir(self)
+        users = os.path.join(os.fsencode(directory), b"us\xe9rs")
+        with open(users, "wb") as f:
+            f.write(b"alice: from a Latin-1 path\n")
+        conf = os.path.join(directory, "fingerd.conf")
+        with open(conf, "wb") as f:
+            f.write(b"--backend file\n--users-file " + users + b"\n")
+        daemon = Daemon(self, "@" + conf)
+        self.assertEqual(query(daemon.ports["finger"], b"alice\r\n"),
+                         b"from a Latin-1 path\r\n")
+
+    def test_process_output_is_decoded_line_by_line(self):
+        script = ("#!/bin/sh\nprintf 'Name: Zo\\303\\253 \\303\\205ngstr\\303\\266m\\n"
+                  "Plan:\\nCaf\\351 ouvert\\n'\n")
+        path = write_file(os.path.join(temp_dir(self), "finger"), script)
+        os.chmod(path, 0o755)
+        self.assertEqual(fingerd.ProcessStore(path).get("u1").text,
+                         "Name: Zo\u00eb \u00c5ngstr\u00f6m\nPlan:\nCaf\u00e9 ouvert")
+
+
+class FederationEdgesTest(unittest.TestCase):
+    def authority(self, statuses, names=None):
+        server = xmlrpc.server.SimpleXMLRPCServer(("127.0.0.1", 0), logRequests=False)
+        server.register_function(lambda user: statuses.get(user, "No such user"), "getUser")
+        server.register_function(lambda: names or sorted(statuses), "getUsers")
+        server.register_multicall_functions()
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.addCleanup(server.server_close)
+        self.addCleanup(server.shutdown)
+        return "http://127.0.0.1:%d/RPC2" % server.server_address[1]
+
+    def test_large_statuses_do_not_lose_the_remote(self):
+        statuses = {"amp%02d" % i: "<" * 16384 for i in range(70)}     # 5.6 MB as XML
+        statuses["alice"] = "normal status"
+        front = fingerd.RemoteStore([self.authority(statuses)], refresh=3600, timeout=5)
+        items = dict(front.items())
+        self.assertEqual(len(items), 71)
+        self.assertEqual(items["amp69"].text, "<" * 16384)
+        self.assertFalse(front.remotes[0].down)
+
+    def test_a_name_with_a_forbidden_character_is_not_another_name(self):
+        url = self.authority({"alice": "Happy", "evil\ufffe": "x"},
+                             names=["alice", "evil\ufffe"])
+        front = fingerd.RemoteStore([url], refresh=3600, timeout=5)
+        self.assertEqual(front.users(), ["alice"])
+
+    def test_no_escape_residue(self):
+        front = fingerd.RemoteStore([self.authority({"c": "ctrl \x01\x1b[31m red"})],
+                                    refresh=3600, timeout=5)
+        self.assertEqual(front.get("c").text, "ctrl \ufffd red")
+
+
 # -- The property --------------------------------------------------------------------------------
 
+SURROGATE_PAIR = re.compile("[\ud800-\udbff][\udc00-\udfff]")
 ESCAPE_INTRODUCERS = "\x1b\x90\x98\x9b\x9d\x9e\x9f"    # they remove what follows, by design
 
 
@@ -580,6 +700,10 @@ class PropertyTest(unittest.TestCase):
         for round_number in range(self.ROUNDS):
             status = random_status(rng)
             data = ("prop\n" + status + "\n").encode("utf-8", "surrogatepass")
+            # Two surrogates in a row that make a pair are CESU-8 for one astral character,
+            # and are read as that character (Java, MySQL 'utf8').
+            status = SURROGATE_PAIR.sub(lambda m: m.group().encode(
+                "utf-16-le", "surrogatepass").decode("utf-16-le"), status)
             reply = query(setter, data, half_close=True)
             expected = printable(status)
             if reply != b"OK\r\n":
