@@ -668,7 +668,10 @@ class DictStore(Store):
         else:
             self._data[user] = status
             self._expiring.pop(user, None)
-        self.changes.append((user, status, self.clock()))
+        # The change's time is the status's own (as stored, so that after a restart the feed
+        # gives the entry the same id), or now for a clear.
+        self.changes.append((user, status, status.set_at if status is not None and
+                             status.set_at else self.clock()))
         self._changed()
 
     def _replace(self, data: Dict[str, Status]) -> None:
@@ -1128,6 +1131,82 @@ def gecos_details(gecos: str, login: str) -> List[Tuple[str, str]]:
     return details
 
 
+class AccountPolicy:
+    """Which local accounts the pwd and process backends may show (README: Privacy).
+
+    Ordinary accounts (UID_MIN..UID_MAX of login.defs) are shown with or without a plan;
+    root and system accounts only while they publish a .plan this process can read.
+    ~/.nofinger hides an account, and the check fails closed: when it cannot be made (EACCES
+    on a 0700 home, EIO, a stale NFS handle) the account is hidden, logged once at debug
+    level.  Account lookups, found or not, are kept for `ttl` seconds: the name service
+    answers "no such account" far slower than it finds one (50 us against 6 us with
+    Debian's systemd NSS module), which would tell hidden accounts from unknown names to
+    anyone who asks twice."""
+
+    def __init__(self, accounts=None, uids: Optional[Tuple[int, int]] = None,
+                 ttl: float = DEFAULT_REFRESH) -> None:
+        if accounts is None:
+            import pwd
+            accounts = pwd
+        self.accounts = accounts
+        self.uid_min, self.uid_max = uids or uid_range()
+        self.ttl = ttl
+        self._known: Dict[str, Tuple[float, object]] = {}
+        self._unsure: set = set()          # accounts already logged as hidden for an error
+
+    def lookup(self, user: str):
+        """The account named exactly `user` (pwd entry), or None; cached for `ttl` s."""
+        now = time.monotonic()
+        known = self._known.get(user)
+        if known is not None and known[0] > now:
+            return known[1]
+        try:
+            pw = self.accounts.getpwnam(user)
+        except (KeyError, ValueError, OSError):
+            pw = None
+        if pw is not None and pw.pw_name != user:
+            pw = None
+        if len(self._known) >= 10000:
+            self._known.clear()
+        self._known[user] = (now + self.ttl, pw)
+        return pw
+
+    def forget(self) -> None:
+        self._known.clear()
+
+    def ordinary(self, pw) -> bool:
+        return self.uid_min <= pw.pw_uid <= self.uid_max
+
+    def opted_out(self, pw) -> bool:
+        """True when ~/.nofinger exists, or when that cannot be known: only "no such file"
+        (ENOENT, ENOTDIR) means the user did not opt out."""
+        try:
+            os.lstat(os.path.join(pw.pw_dir, ".nofinger"))
+            return True
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        except (OSError, ValueError) as e:
+            if pw.pw_name not in self._unsure and len(self._unsure) < 10000:
+                self._unsure.add(pw.pw_name)
+                log.debug("pwd: %s is hidden: cannot tell whether %s/.nofinger exists (%s)",
+                          pw.pw_name, pw.pw_dir, getattr(e, "strerror", None) or e)
+            return True
+
+    def visible(self, user: str):
+        """The account `user` if it may be shown at all (not opted out), else None."""
+        pw = self.lookup(user)
+        return None if pw is None or self.opted_out(pw) else pw
+
+    def publishes(self, pw) -> bool:
+        """True when the account's ~/.plan is a regular file it owns and we can read."""
+        path = os.path.join(pw.pw_dir, ".plan")
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            return False
+        return stat.S_ISREG(st.st_mode) and st.st_uid == pw.pw_uid and os.access(path, os.R_OK)
+
+
 class PlanStore(Store):
     """Local accounts and their ~/.plan, as finger has always shown them.
 
@@ -1147,44 +1226,14 @@ class PlanStore(Store):
     def __init__(self, refresh: float = DEFAULT_REFRESH, accounts=None,
                  uids: Optional[Tuple[int, int]] = None) -> None:
         super().__init__()
-        if accounts is None:
-            import pwd
-            accounts = pwd
-        self.accounts = accounts
-        self.uid_min, self.uid_max = uids or uid_range()
+        self.policy = AccountPolicy(accounts, uids, refresh)
+        self.accounts = self.policy.accounts
         self._listed: List[str] = []
-        self._unsure: set = set()          # accounts already logged as hidden for an error
         self.refresh()
         self._refresher = Refresher(self.refresh, refresh, "pwd-refresh")
 
     def _account(self, user: str):
-        """The account named `user` unless it opted out (or may have: _opted_out()), or
-        None."""
-        try:
-            pw = self.accounts.getpwnam(user)
-        except (KeyError, ValueError, OSError):
-            return None
-        if pw.pw_name != user or self._opted_out(pw):
-            return None
-        return pw
-
-    def _ordinary(self, pw) -> bool:
-        return self.uid_min <= pw.pw_uid <= self.uid_max
-
-    def _opted_out(self, pw) -> bool:
-        """True when ~/.nofinger exists, or when that cannot be known: only "no such file"
-        (ENOENT, ENOTDIR) means the user did not opt out."""
-        try:
-            os.lstat(os.path.join(pw.pw_dir, ".nofinger"))
-            return True
-        except (FileNotFoundError, NotADirectoryError):
-            return False
-        except (OSError, ValueError) as e:
-            if pw.pw_name not in self._unsure and len(self._unsure) < 10000:
-                self._unsure.add(pw.pw_name)
-                log.debug("pwd: %s is hidden: cannot tell whether %s/.nofinger exists (%s)",
-                          pw.pw_name, pw.pw_dir, getattr(e, "strerror", None) or e)
-            return True
+        return self.policy.visible(user)
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         # No store-wide lock around file reads: a slow home directory (NFS) must not make
@@ -1199,7 +1248,7 @@ class PlanStore(Store):
         plan."""
         home, uid = pw.pw_dir, pw.pw_uid
         plan = read_owned_file(os.path.join(home, ".plan"), uid)
-        if plan is None and not self._ordinary(pw):
+        if plan is None and not self.policy.ordinary(pw):
             return None
         text, mtime = NO_PLAN, 0.0
         if plan is not None:
@@ -1230,19 +1279,13 @@ class PlanStore(Store):
         return out
 
     def refresh(self) -> None:
-        """Re-list the accounts that publish a .plan (root and system accounts: a plan this
-        process can read)."""
+        """Re-list the accounts that publish a .plan this process can read (and forget the
+        account lookups kept)."""
         names = set()
+        policy = self.policy
+        policy.forget()
         for pw in self.accounts.getpwall():
-            if not valid_name(pw.pw_name) or self._opted_out(pw):
-                continue
-            path = os.path.join(pw.pw_dir, ".plan")
-            try:
-                st = os.lstat(path)
-            except (OSError, ValueError):
-                continue
-            if stat.S_ISREG(st.st_mode) and st.st_uid == pw.pw_uid and (
-                    self._ordinary(pw) or os.access(path, os.R_OK)):
+            if valid_name(pw.pw_name) and not policy.opted_out(pw) and policy.publishes(pw):
                 names.add(pw.pw_name)
         with self.lock:
             if sorted(names) != self._listed:
@@ -1296,15 +1339,21 @@ class ProcessStore(Store):
     The name is validated first, so it can never be an option; the program gets 5 s, its own
     process group (killed whole on time-out), no input, a minimal environment in a UTF-8
     locale (utf8_locale()), and at most 64 KiB of its output is kept, read line by line as
-    a file is (decode_text(), after unescape_finger()) and filtered like every status."""
+    a file is (decode_text(), after unescape_finger()) and filtered like every status.
+
+    The program runs only for an account that AccountPolicy lets be shown: a local login
+    name (not a real name finger(1) would match), not hidden by ~/.nofinger, and for root
+    and system accounts only while they publish a readable .plan."""
 
     name = "process"
     writable = False
     blocking = True
 
     def __init__(self, program: str = "finger", refresh: float = DEFAULT_REFRESH,
-                 timeout: float = PROGRAM_TIMEOUT) -> None:
+                 timeout: float = PROGRAM_TIMEOUT, accounts=None,
+                 uids: Optional[Tuple[int, int]] = None) -> None:
         super().__init__()
+        self.policy = AccountPolicy(accounts, uids, refresh)
         path = shutil.which(program)
         if path is None:
             raise StartupError("finger program %r not found or not executable (see "
@@ -1355,6 +1404,10 @@ class ProcessStore(Store):
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         if not valid_name(user):
+            return None
+        policy = self.policy
+        pw = policy.visible(user)
+        if pw is None or not (policy.ordinary(pw) or policy.publishes(pw)):
             return None
         _, output = self.run("--", user)
         text = clean_text(output)
@@ -1715,6 +1768,9 @@ def open_store(args: argparse.Namespace) -> Store:
     if args.backend == "pwd":
         return PlanStore(args.refresh)
     if args.backend == "process":
+        if frozenset(args.show) != frozenset(ATOMS):
+            raise StartupError("--show cannot apply to --backend process: its statuses are "
+                               "the finger program's whole output, not separate atoms")
         return ProcessStore(args.finger_program, args.refresh)
     if args.backend == "xmlrpc":
         return RemoteStore(args.remote, args.refresh)
@@ -2704,13 +2760,22 @@ def host_key(host: str) -> str:
         host = host[1:].partition("]")[0]
     elif host.count(":") == 1:
         host = host.partition(":")[0]
+    if ":" in host:                                 # an IPv6 address, written as in URLs
+        try:
+            return "[%s]" % ipaddress.IPv6Address(host)
+        except ValueError:
+            return ""
     host = host.rstrip(".")
     if not host.isascii():
         try:
             host = host.encode("idna").decode("ascii")
         except (UnicodeError, LookupError):
             return ""
-    return host if host and valid_host(host) else ""
+    return host if _HOST_NAME.fullmatch(host) else ""
+
+
+_HOST_NAME = re.compile(r"(?=.{1,253}\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+                        r"(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*")
 
 
 class Privacy:
@@ -2728,8 +2793,9 @@ class Privacy:
         self.listing = listing
         self.show = frozenset(show)
         self.public_url = public_url.rstrip("/")
-        self.public_host = (urllib.parse.urlsplit(self.public_url).hostname or ""
-                            if self.public_url else "")
+        parts = urllib.parse.urlsplit(self.public_url)
+        self.public_host = host_key(parts.netloc) if self.public_url else ""
+        self.public_path = parts.path.rstrip("/") if self.public_url else ""
         self.domains = frozenset(d for d in map(host_key, domains) if d)
         self._canonical = ""
 
@@ -2767,7 +2833,10 @@ class Privacy:
         """This server's name where one must not depend on the request (Atom ids, RFC 4287
         §4.2.6): the --public-url host, else the machine's fully qualified name."""
         if not self._canonical:
-            self._canonical = host_key(self.public_host or socket.getfqdn()) or "localhost"
+            name = self.public_host or host_key(socket.getfqdn())
+            if name in ("", "localhost", "localhost.localdomain"):   # /etc/hosts said so
+                name = host_key(socket.gethostname()) or "localhost"
+            self._canonical = name
         return self._canonical
 
 
@@ -3118,9 +3187,8 @@ class SetterServer(PooledTCPServer):
         """The setter's one-line answer for a finished write, logged."""
         self.metrics.add(WRITE_OK if error is None else WRITE_ERROR)
         if error is None:
-            level = logging.INFO if self.log_queries else logging.DEBUG
-            if log.isEnabledFor(level):
-                log.log(level, "setter: %s set from %s", user, describe_peer(peer))
+            if self.log_queries:
+                log.info("setter: %s set from %s", user, describe_peer(peer))
             return b"OK\r\n"
         log.info("setter: refused a write for %r from %s: %s", user, describe_peer(peer),
                  error)
@@ -3334,13 +3402,14 @@ def render_user(name: str, status: Status, privacy: Optional[Privacy] = None) ->
 ALL_USERS_LINK = '<p><a href="%s">All users</a></p>'
 
 
-def render_error(code: int, reason: str, detail: str, listing: bool = True) -> str:
+def render_error(code: int, reason: str, detail: str, listing: bool = True,
+                 feed: bool = True) -> str:
     """A friendly error page; detail must already be escaped.  `listing`: link the user
-    list (not with --no-list)."""
+    list (not with --no-list); `feed`: link the feed (Privacy.feed)."""
     return html_page("%d %s" % (code, html.escape(reason)),
                      "<h1>%s</h1>\n<p>%s</p>\n%s"
                      % (html.escape(reason), detail, ALL_USERS_LINK % "/" if listing else ""),
-                     feed=listing)
+                     feed=listing and feed)
 
 
 def status_json(name: str, status: Status, base: str = "") -> Dict[str, object]:
@@ -3372,20 +3441,29 @@ def render_webfinger(name: str, host: str, base: str, feed: bool = True) -> Dict
 _PAGE_PATH = re.compile(r"/(?:@|~|users/)?([^/]+)/?")
 
 
-def webfinger_account(resource: str) -> Optional[Tuple[str, str]]:
+def webfinger_account(resource: str, base_path: str = "") -> Optional[Tuple[str, str]]:
     """(user, host) that a WebFinger resource names, else None.  acct:USER@HOST as RFC 7565
     has it (the scheme in any case, split at the last '@', the userpart percent-decoded), and
     the spellings other servers send: no 'acct:' (Pleroma), a leading '@' (@user@host), the
-    user's page URL (http(s)://HOST/USER, /@USER, /~USER, /users/USER).  The host is as
-    written (compare it with host_key())."""
+    user's page URL (http(s)://HOST/USER, /@USER, /~USER, /users/USER, under `base_path`,
+    the path of --public-url).  The host is as written (compare it with host_key())."""
     text = resource.strip()
     lower = text.lower()
     if lower.startswith(("http://", "https://")):
-        parts = urllib.parse.urlsplit(text)
-        page = _PAGE_PATH.fullmatch(urllib.parse.unquote(parts.path))
-        if page is None or not parts.netloc:
+        try:
+            parts = urllib.parse.urlsplit(text)
+            host = parts.hostname
+        except ValueError:                 # "http://[::1/x": not a URL
             return None
-        return page.group(1), parts.netloc.rpartition("@")[2]
+        path = urllib.parse.unquote(parts.path)
+        if base_path:
+            if not path.startswith(base_path + "/"):
+                return None
+            path = path[len(base_path):]
+        page = _PAGE_PATH.fullmatch(path)
+        if page is None or not host:
+            return None
+        return page.group(1), "[%s]" % host if ":" in host else host
     if lower.startswith("acct:"):
         text = text[5:]
     user, at, host = text.lstrip("@").rpartition("@")
@@ -3494,8 +3572,9 @@ RPC_INVALID = -32600            # a methodCall without a method name, a malforme
 RPC_NO_METHOD = -32601
 RPC_BAD_PARAMS = -32602
 RPC_INTERNAL = -32603
-RPC_PARAMS = {"getUser": (1, "getUser(user): one string, the user name"),
-              "getUsers": (0, "getUsers(): no parameters"),
+RPC_PARAMS = {"getUser": (1, "getUser(user): one string, the user name; returns the user's "
+                              "status, or 'No such user'"),
+              "getUsers": (0, "getUsers(): no parameters; returns the user names"),
               "system.listMethods": (0, "system.listMethods(): no parameters"),
               "system.methodHelp": (1, "system.methodHelp(name): one string"),
               "system.methodSignature": (1, "system.methodSignature(name): one string"),
@@ -3543,6 +3622,19 @@ def rpc_dispatcher(store_of: Callable[[], Store], privacy: Privacy = PUBLIC):
                                         and not isinstance(params[0], str)):
                 raise Fault(RPC_BAD_PARAMS, "Wrong parameters; " + usage)
             return function(*params)
+
+        def system_methodHelp(self, method_name):
+            """Our own words for our methods (not Python's docstrings)."""
+            if method_name not in RPC_PARAMS:
+                raise Fault(RPC_NO_METHOD, "There is no method %r here."
+                            % clean_line(str(method_name))[:64])
+            return RPC_PARAMS[method_name][1]
+
+        def system_methodSignature(self, method_name):
+            if method_name not in RPC_PARAMS:
+                raise Fault(RPC_NO_METHOD, "There is no method %r here."
+                            % clean_line(str(method_name))[:64])
+            return "signatures not supported"
 
         def system_multicall(self, calls):
             if not isinstance(calls, list):
@@ -3781,11 +3873,12 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
 
     @classmethod
     def error_response(cls, code: int, detail: str = "", close: bool = False,
-                       head_only: bool = False, extra: str = "", listing: bool = True) -> bytes:
+                       head_only: bool = False, extra: str = "", listing: bool = True,
+                       feed: bool = True) -> bytes:
         reason = http.server.BaseHTTPRequestHandler.responses.get(code, ("Error",))[0]
         text = detail or {404: "There is no such user here.",
                           408: "The request took too long to arrive."}.get(code, reason + ".")
-        body = render_error(code, reason, html.escape(text), listing).encode("utf-8")
+        body = render_error(code, reason, html.escape(text), listing, feed).encode("utf-8")
         return cls.response_bytes(code, body, "text/html; charset=utf-8", close=close,
                                   head_only=head_only, extra="Cache-Control: no-store\r\n" + extra)
 
@@ -3917,17 +4010,21 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         self.send(self.error_response(code, detail, self.close_connection,
                                       self.command == "HEAD", extra,
-                                      self.server.privacy.may_list()), code)
+                                      self.server.privacy.may_list(),
+                                      self.server.privacy.feed), code)
         return False
 
     def send_error(self, code, message=None, explain=None):
         self.fail(code, explain or message or "")
 
     def log_request(self, code="-", size="-"):
-        level = logging.INFO if self.server.log_queries else logging.DEBUG
-        if log.isEnabledFor(level):
-            log.log(level, "http %s %r %s %s", describe_peer(self.client_address),
-                    self.requestline[:200], code, size)
+        # Who asked for what is logged only when the admin asks (RFC 1288 §3.2.7): at debug
+        # level without --log-queries, the request is logged without the client.
+        if self.server.log_queries:
+            log.info("http %s %r %s %s", describe_peer(self.client_address),
+                     self.requestline[:200], code, size)
+        elif log.isEnabledFor(logging.DEBUG):
+            log.debug("http %r %s %s", self.requestline[:200], code, size)
 
     def log_message(self, format, *args):
         log.info("http %s: %s", describe_peer(self.client_address), format % args)
@@ -4130,7 +4227,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
         """RFC 7033: ?resource=acct:USER@HOST (rel= filters the links), answered only for
         this server's host names (Privacy.webfinger_hosts); webfinger_account() reads the
         spellings."""
-        cors = WEBFINGER_CORS + "Cache-Control: no-cache\r\n"
+        cors = WEBFINGER_CORS           # errors add their own Cache-Control: no-store
         try:
             query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query,
                                           keep_blank_values=True, max_num_fields=20)
@@ -4143,7 +4240,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
                       extra=cors)
             return
         privacy, store = self.server.privacy, self.server.store
-        account = webfinger_account(resources[0])
+        account = webfinger_account(resources[0], privacy.public_path)
         name, status, host = "", None, ""
         if account is not None:
             host = host_key(account[1])
@@ -4162,7 +4259,8 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             document["links"] = [link for link in document["links"] if link["rel"] in rels]
         body = render_json(document).encode("utf-8")
         self.send(self.response_bytes(200, body, "application/jrd+json", self.close_connection,
-                                      self.command == "HEAD", cors), 200)
+                                      self.command == "HEAD",
+                                      cors + "Cache-Control: no-cache\r\n"), 200)
 
     def xmlrpc(self) -> None:
         """POST /RPC2: the body (framed and checked by parse_request) to the dispatcher."""
@@ -4905,6 +5003,7 @@ def preload(args: argparse.Namespace, serving: bool = True) -> None:
     import pwd  # noqa: F401
     for codec in ("cp1252", "utf-16", "idna", "punycode"):
         codecs.lookup(codec)
+    time.strptime("2026", "%Y")     # loads _strptime (XML-RPC dateTime, HTTP dates)
     if serving:
         from concurrent.futures import ThreadPoolExecutor  # noqa: F401  (workers)
     if serving and args.http and args.http != "off" or args.backend == "xmlrpc":
@@ -5242,7 +5341,7 @@ def public_url_arg(spec: str) -> str:
     Unicode host name becomes its IDNA (punycode) form."""
     parts = urllib.parse.urlsplit(spec)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.query \
-            or parts.fragment or not clean_line(spec) == spec:
+            or parts.fragment or "@" in parts.netloc or not clean_line(spec) == spec:
         raise argparse.ArgumentTypeError("not an http(s) URL like https://finger.example.org/:"
                                          " %r" % spec)
     host = parts.hostname or ""

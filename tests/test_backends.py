@@ -4,14 +4,16 @@ import http.client
 import logging
 import os
 import pwd
+import shutil
 import socket
 import stat
+import subprocess
 import threading
 import time
 import unittest
 import xmlrpc.client
 
-from support import Daemon, fingerd, query, serve, temp_dir, write_file
+from support import Daemon, command, fingerd, query, serve, temp_dir, write_file
 from test_store import StoreContract
 
 Status = fingerd.Status
@@ -215,6 +217,19 @@ esac
 """
 
 
+class AnyAccount:
+    """An accounts seam where every name is an ordinary account (uid 1000) whose home does
+    not exist: so no ~/.nofinger, and the fake finger program decides who is known."""
+
+    def getpwnam(self, name):
+        return pwd.struct_passwd((name, "x", 1000, 1000, "", "/nonexistent/" + name,
+                                  "/bin/sh"))
+
+
+def process_store(program, **kw):
+    return fingerd.ProcessStore(program, accounts=AnyAccount(), uids=(1000, 60000), **kw)
+
+
 class ProcessTestCase(unittest.TestCase):
     def fake_finger(self):
         directory = temp_dir(self)
@@ -234,12 +249,12 @@ class ProcessStoreContractTest(StoreContract, ProcessTestCase):
     rounds = 5
 
     def make_store(self, users):
-        return fingerd.ProcessStore(self.fake_finger())
+        return process_store(self.fake_finger())
 
 
 class ProcessStoreTest(ProcessTestCase):
     def setUp(self):
-        self.store = fingerd.ProcessStore(self.fake_finger(), timeout=1.0)
+        self.store = process_store(self.fake_finger(), timeout=1.0)
 
     def test_name_goes_after_double_dash(self):
         self.assertEqual(self.store.get("args").text, "arg:--\narg:args")
@@ -280,12 +295,44 @@ class ProcessStoreTest(ProcessTestCase):
         with self.assertRaises(fingerd.ReadOnlyStore):
             self.store.set("alice", "x")
 
+    def test_only_accounts_the_policy_shows_run_the_program(self):
+        home = temp_dir(self)
+        write_file(os.path.join(home, ".nofinger"), "")
+
+        class Accounts:
+            def getpwnam(self, name):
+                if name not in ("alice", "hidden", "root"):
+                    raise KeyError(name)
+                return pwd.struct_passwd((name, "x", 0 if name == "root" else 1000, 0, "",
+                                          home if name == "hidden" else "/nonexistent",
+                                          "/bin/sh"))
+        store = fingerd.ProcessStore(self.store.program, accounts=Accounts(),
+                                     uids=(1000, 60000))
+        self.assertEqual(store.get("alice").text, "Happy and well")
+        for name in ("hidden", "root", "carol"):      # opted out; system, no plan; no account
+            self.assertIsNone(store.get(name), name)
+        self.assertEqual(self.called(), ["-- alice"])
+
+    @unittest.skipUnless(os.geteuid() == 0 and shutil.which("useradd"),
+                         "needs root and useradd: a real account for the finger program")
     def test_from_the_command_line_with_the_worker_pool(self):
-        daemon = Daemon(self, "--backend", "process", "--finger-program", self.store.program)
+        name = "pproc%d" % (os.getpid() % 10000)
+        subprocess.run(["useradd", name], check=True, capture_output=True)
+        self.addCleanup(subprocess.run, ["userdel", name], capture_output=True)
+        program = write_file(os.path.join(temp_dir(self), "finger"),
+                             "#!/bin/sh\n[ $# -eq 0 ] && printf 'Login\\n%s pts/1\\n' && exit\n"
+                             "echo \"Happy and well\"\n" % name)
+        os.chmod(program, 0o755)
+        daemon = Daemon(self, "--backend", "process", "--finger-program", program)
         port = daemon.ports["finger"]
-        self.assertEqual(query(port, b"alice\r\n"), b"Happy and well\r\n")
+        self.assertEqual(query(port, name.encode() + b"\r\n"), b"Happy and well\r\n")
         self.assertEqual(query(port, b"-l\r\n"), b"No such user\r\n")
-        self.assertIn(b"alice: Happy and well", query(port, b"\r\n"))
+        self.assertEqual(query(port, b"nosuchaccount42\r\n"), b"No such user\r\n")
+        self.assertIn(name.encode() + b": Happy and well", query(port, b"\r\n"))
+        out = subprocess.run(command("--backend", "process", "--finger-program", program,
+                                     "--show", "status"), capture_output=True, timeout=10)
+        self.assertEqual(out.returncode, 1)
+        self.assertIn(b"--show cannot apply to --backend process", out.stderr)
 
     def test_missing_program_from_the_command_line(self):
         from support import run_cli

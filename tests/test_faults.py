@@ -16,6 +16,7 @@ from unittest import mock
 
 from support import (TIMEOUT, Daemon, connect, fingerd, proc_value, query, read_all, serve,
                      set_status, temp_dir, wait_for)
+from test_backends import AnyAccount
 from test_irc import MeanRandom, ScriptedServer
 from test_web import ResponseReader
 
@@ -510,7 +511,8 @@ class OutsiderFindingsTest(unittest.TestCase):
         with open(program, "w") as f:
             f.write("#!/bin/sh\necho \"plan of $2\"\n")
         os.chmod(program, 0o755)
-        store = fingerd.ProcessStore(program, refresh=0)
+        store = fingerd.ProcessStore(program, refresh=0, accounts=AnyAccount(),
+                                     uids=(1000, 60000))
         self.assertEqual(store.get("alice").text, "plan of alice")
         os.rename(program, program + ".gone")
         with self.assertRaises(fingerd.StoreUnavailable):

@@ -23,7 +23,7 @@ import xmlrpc.client
 import xmlrpc.server
 
 from support import Daemon, TIMEOUT, command, fingerd, query, serve, temp_dir, write_file
-from test_backends import FakeAccounts
+from test_backends import FakeAccounts, process_store
 from test_irc import MeanRandom, ScriptedServer
 
 Status = fingerd.Status
@@ -279,7 +279,7 @@ class ProcessBackendTest(unittest.TestCase):
     def test_escaped_utf8_is_put_back(self):
         path = write_file(os.path.join(temp_dir(self), "finger"), ESCAPING_FINGER)
         os.chmod(path, 0o755)
-        store = fingerd.ProcessStore(path)
+        store = process_store(path)
         self.assertEqual(store.get("alice").text,
                          "Plan:\nBack at 5 \u2014 caf\u00e9 \u2019til late \u20ac\n"
                          "literal M-^@ stays")
@@ -292,7 +292,7 @@ class ProcessBackendTest(unittest.TestCase):
         script = "#!/bin/sh\necho \"$LC_ALL\"\n"
         path = write_file(os.path.join(temp_dir(self), "finger"), script)
         os.chmod(path, 0o755)
-        self.assertRegex(fingerd.ProcessStore(path).get("x").text, r"(?i)utf-?8")
+        self.assertRegex(process_store(path).get("x").text, r"(?i)utf-?8")
 
     def test_debian_finger_with_a_real_account(self):
         if not shutil.which("finger") or not shutil.which("useradd") or os.geteuid() != 0:
@@ -612,7 +612,7 @@ class FileEdgesTest(unittest.TestCase):
                   "Plan:\\nCaf\\351 ouvert\\n'\n")
         path = write_file(os.path.join(temp_dir(self), "finger"), script)
         os.chmod(path, 0o755)
-        self.assertEqual(fingerd.ProcessStore(path).get("u1").text,
+        self.assertEqual(process_store(path).get("u1").text,
                          "Name: Zo\u00eb \u00c5ngstr\u00f6m\nPlan:\nCaf\u00e9 ouvert")
 
 
