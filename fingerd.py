@@ -254,10 +254,11 @@ _ESCAPE_SEQUENCE = re.compile(
     r"(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)"
     r"|(?:\x1b\[|\x9b)[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]?"
     r"|\x1b[\x20-\x2f]*[\x30-\x7e]?")
-_UNSAFE_CHARS = re.compile(
-    "(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)|[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c"
-    "\u200b\u200e\u200f\u2028-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb\ud800-\udfff"
-    "\U000e0000-\U000e007f%s]" % _NONCHARACTERS)
+_UNSAFE_CLASS = ("[\x00-\x08\x0a-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e"
+                 "\u2060-\u2069\ufeff\ufff9-\ufffb\ud800-\udfff\U000e0000-\U000e007f%s]"
+                 % _NONCHARACTERS)
+_UNSAFE_CHARS = re.compile(_UNSAFE_CLASS)
+_UNSAFE_BUT_FLAGS = re.compile("(\U0001f3f4[\U000e0020-\U000e007e]+\U000e007f)|" + _UNSAFE_CLASS)
 # Records (a users file's lines, a status's lines) end in LF or CRLF, nothing else: FF, VT,
 # NEL, U+2028 and U+2029 inside a line are text, filtered as above (str.splitlines() would
 # split on them).
@@ -274,7 +275,10 @@ def clean_line(text: str) -> str:
     sequence, no noncharacter or lone surrogate, no bidi override (see _UNSAFE_CHARS)."""
     if text.isprintable():          # the common case costs one C-level scan
         return text
-    return _UNSAFE_CHARS.sub(_keep_flag, _ESCAPE_SEQUENCE.sub("", text))
+    text = _ESCAPE_SEQUENCE.sub("", text)
+    if "\U0001f3f4" in text:                  # a flag's tag sequence is kept
+        return _UNSAFE_BUT_FLAGS.sub(_keep_flag, text)
+    return _UNSAFE_CHARS.sub("", text)
 
 
 def _keep_flag(match) -> str:
@@ -1443,6 +1447,7 @@ class AnswerTooLarge(FingerdError):
 
 
 _XML_ENCODING = re.compile(rb"\s*<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._-]+)")
+_C0_BYTES = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _CHAR_REFERENCE = re.compile(r"&#(?:x([0-9A-Fa-f]{1,8})|([0-9]{1,10}));")
 
 
@@ -1453,6 +1458,8 @@ def xml_chars_only(data: bytes, source: str = "") -> bytes:
     U+FFFF) does not make the whole answer, and every other user in it, unreadable; a name
     so marked is no longer a valid name, so it cannot stand for another.  A document
     declaring another encoding is returned as it is."""
+    if data.isascii() and b"&#" not in data and not _C0_BYTES.search(data):
+        return data                      # the common answer: nothing to look at
     declared = _XML_ENCODING.match(data)
     if declared and declared.group(1).lower() not in (b"utf-8", b"utf8"):
         return data
