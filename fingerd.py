@@ -3260,6 +3260,7 @@ class UnixSetterServer(SetterServer):
     account_exists = staticmethod(account_exists)
 
     def __init__(self, path: str, store: Store, sock: Optional[socket.socket] = None) -> None:
+        self.owns_path = sock is None            # systemd's socket file is systemd's
         PooledTCPServer.__init__(self, path, UnixSetterHandler, sock=sock)
         self.store = store
         self.allow = []
@@ -3280,7 +3281,7 @@ class UnixSetterServer(SetterServer):
         path = self.server_address
         super().server_close()
         try:
-            if isinstance(path, str) and stat.S_ISSOCK(os.lstat(path).st_mode):
+            if self.owns_path and isinstance(path, str) and stat.S_ISSOCK(os.lstat(path).st_mode):
                 os.unlink(path)
         except OSError:
             pass
@@ -4946,9 +4947,9 @@ def raise_fd_limit() -> None:
 def systemd_listeners() -> Dict[str, socket.socket]:
     """Listening sockets systemd passed us (socket activation), by protocol name.
 
-    LISTEN_PID must be this process; fds 3.. are matched to finger/setter/http by
-    LISTEN_FDNAMES (FileDescriptorName=), unnamed ones by order.  The variables are removed so
-    that no child believes the sockets are its own."""
+    LISTEN_PID must be this process; fds 3.. are matched to finger/setter/http/setter-unix
+    by LISTEN_FDNAMES (FileDescriptorName=), unnamed ones to finger/setter/http by order.
+    The variables are removed so that no child believes the sockets are its own."""
     env = os.environ
     pid, count = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
     names = env.get("LISTEN_FDNAMES", "").split(":")
@@ -4963,7 +4964,7 @@ def systemd_listeners() -> Dict[str, socket.socket]:
         sock = socket.socket(fileno=3 + index)       # family and type from the descriptor
         sock.set_inheritable(False)
         name = names[index] if index < len(names) else ""
-        if name in order and name not in found:
+        if name in order + ["setter-unix"] and name not in found:
             found[name] = sock
         else:
             unnamed.append(sock)
@@ -5099,6 +5100,12 @@ class JournalFormatter(logging.Formatter):
         return "<%d>%s" % (self.PRIORITIES.get(record.levelno, 6), text)
 
 
+def say_fatal(message: str) -> None:
+    """The one line saying why fingerd cannot go on, on stderr: at err priority (<3>) when
+    stderr is the journal, so that `journalctl -p err -u fingerd` shows it."""
+    print("%sfingerd: %s" % ("<3>" if stderr_is_journal() else "", message), file=sys.stderr)
+
+
 def configure_logging(level: str, inetd: bool = False) -> None:
     """One handler on stderr, in journald's form under systemd.  With --inetd, stderr may be
     the client's socket: then messages go to syslog (or nowhere), never to the client."""
@@ -5223,7 +5230,12 @@ class Daemon:
                 if endpoint or label in adopted:
                     self.servers.append(bind_server(label, endpoint, factory,
                                                     adopted.pop(label, None)))
-            if args.setter_socket and args.setter_socket != "off":
+            unix = adopted.pop("setter-unix", None)
+            if unix is not None:
+                server = UnixSetterServer(unix.getsockname(), placeholder, sock=unix)
+                log.info("setter-socket listening on %s (from systemd)", server.address)
+                self.servers.append(server)
+            elif args.setter_socket and args.setter_socket != "off":
                 try:
                     server = UnixSetterServer(args.setter_socket, placeholder)
                 except OSError as e:
@@ -5450,6 +5462,13 @@ class ArgumentParser(argparse.ArgumentParser):
     read as argv is (UTF-8 without its BOM; other bytes kept as they are, so a path in
     Latin-1 still names its file), lines end in LF or CRLF only, @FILEs may name @FILEs, and
     the value of --set is never a file ('--set @home' is a status)."""
+
+    def error(self, message: str):
+        """A usage error (exit 2): under systemd, one line at err priority."""
+        if stderr_is_journal():
+            sys.stderr.write("<3>fingerd: error: %s (see fingerd --help)\n" % message)
+            sys.exit(2)
+        super().error(message)
 
     def parse_known_args(self, args=None, namespace=None):
         args = sys.argv[1:] if args is None else list(args)
@@ -5700,7 +5719,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         args.irc_secret = read_secret(args.irc_password_file) if args.irc else None
     except FingerdError as e:
-        print("fingerd: %s" % e, file=sys.stderr)
+        say_fatal(str(e))
         return 1
     daemon = Daemon(args)
     notifier = Notifier()
@@ -5731,7 +5750,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         daemon.start()
     except FingerdError as e:
         notifier.send("STATUS=cannot start: %s" % e)
-        print("fingerd: %s" % e, file=sys.stderr)
+        say_fatal(str(e))
         return 1
     notifier.send("READY=1", "STATUS=" + daemon.status_line())
     tick = min(notifier.watchdog or 1.0, 1.0)

@@ -23,8 +23,20 @@ FINGERD = os.environ.get("FINGERD") or os.path.join(ROOT, "fingerd.py")
 TIMEOUT = 10.0          # no client socket in the tests waits longer than this
 
 
+def _module_path() -> str:
+    """The fingerd.py the white-box tests import: FINGERD itself, or the module a launcher
+    runs (the wrapper's neighbour, or the package's /usr/share/fingerd/fingerd.py)."""
+    if FINGERD.endswith(".py"):
+        return FINGERD
+    for path in (os.path.join(os.path.dirname(os.path.realpath(FINGERD)), "fingerd.py"),
+                 "/usr/share/fingerd/fingerd.py"):
+        if os.path.exists(path):
+            return path
+    return FINGERD
+
+
 def _load_fingerd():
-    loader = importlib.machinery.SourceFileLoader("fingerd", FINGERD)
+    loader = importlib.machinery.SourceFileLoader("fingerd", _module_path())
     spec = importlib.util.spec_from_loader("fingerd", loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules["fingerd"] = module

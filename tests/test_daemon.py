@@ -229,6 +229,32 @@ class SocketActivationTest(unittest.TestCase):
         self.assertIn(b"Happy and well", conn.getresponse().read())
         conn.close()
 
+    def test_setter_unix_socket_from_systemd(self):
+        # The package's fingerd-setter.socket: systemd binds the Unix socket (mode 0666) and
+        # owns its file, which must outlive fingerd.
+        path = os.path.join(temp_dir(self), "setter.sock")
+        unix = socket.socket(socket.AF_UNIX)
+        unix.bind(path)
+        unix.listen(16)
+        self.addCleanup(unix.close)
+        finger = self.listener()
+        proc, log = self.launch([finger, unix], ["finger", "setter-unix"], "--backend",
+                                "memory", "--finger", "off", "--setter", "off", "--http", "off",
+                                "--setter-socket", "off")
+        self.assertIn("setter-socket listening on %s (from systemd)" % path, log)
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(TIMEOUT)
+            client.connect(path)
+            client.sendall(b"Sent through systemd's socket\n")
+            client.shutdown(socket.SHUT_WR)
+            self.assertEqual(client.recv(100), b"OK\r\n")
+        me = pwd.getpwuid(os.getuid()).pw_name
+        self.assertEqual(query(finger.getsockname()[1], me.encode() + b"\r\n"),
+                         b"Sent through systemd's socket\r\n")
+        proc.terminate()
+        proc.wait(TIMEOUT)
+        self.assertTrue(os.path.exists(path), "fingerd removed systemd's socket file")
+
     def test_unnamed_sockets_by_order(self):
         finger, setter = self.listener(), self.listener()
         proc, log = self.launch([finger, setter], [], "--backend", "memory", "--http", "off")

@@ -52,14 +52,16 @@ class ManPageTest(unittest.TestCase):
 class SystemdUnitTest(unittest.TestCase):
     def units(self):
         """The installed units when testing the package, else copies that run this checkout."""
+        names = ("fingerd.socket", "fingerd.service", "fingerd-http.socket",
+                 "fingerd-setter.socket")
         if INSTALLED and os.path.exists("/lib/systemd/system/fingerd.service"):
-            return ["/lib/systemd/system/fingerd.socket",
-                    "/lib/systemd/system/fingerd.service"], []
+            return ["/lib/systemd/system/" + name for name in names], []
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory, True)
         paths = []
-        for name in ("fingerd.socket", "fingerd.service"):
-            with open(os.path.join(UNITS, name)) as f:
+        for name in names:
+            source = name if name.startswith("fingerd.") else "fingerd." + name
+            with open(os.path.join(UNITS, source)) as f:
                 text = f.read().replace("/usr/sbin/fingerd", os.path.join(ROOT, "fingerd"))
             path = os.path.join(directory, name)
             with open(path, "w") as f:
@@ -81,11 +83,19 @@ class SystemdUnitTest(unittest.TestCase):
         self.assertIsNotNone(match, out.stdout[-500:] + out.stderr)
         self.assertLessEqual(float(match.group(1)), 2.0)
 
-    def test_socket_names_its_descriptor_finger(self):
-        with open(os.path.join(UNITS, "fingerd.socket")) as f:
-            text = f.read()
-        self.assertIn("FileDescriptorName=finger", text)
-        self.assertIn("ListenStream=79", text)
+    def test_every_listener_is_a_named_socket_unit(self):
+        for unit, name, listen in (("fingerd.socket", "finger", "79"),
+                                   ("fingerd.fingerd-http.socket", "http", "8000"),
+                                   ("fingerd.fingerd-setter.socket", "setter-unix",
+                                    "/run/fingerd/setter.sock")):
+            with open(os.path.join(UNITS, unit)) as f:
+                text = f.read()
+            self.assertIn("FileDescriptorName=%s\n" % name, text)
+            self.assertIn("ListenStream=%s\n" % listen, text)
+        with open(os.path.join(UNITS, "fingerd.service")) as f:
+            service = f.read()
+        # fingerd binds nothing itself, and the TCP setter is off in the package.
+        self.assertIn("--finger off --http off --setter off --setter-socket off", service)
 
 
 class PackagingFilesTest(unittest.TestCase):
