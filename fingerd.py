@@ -1867,9 +1867,11 @@ class Monitor:
         self.store: Optional[Store] = None
         self.servers: List["PooledTCPServer"] = []
         self.bot: Optional["IRCBot"] = None
+        self.missing: List[str] = []            # listeners that could not bind (activated)
 
     def health(self) -> Tuple[bool, str]:
-        """(True, 'ok') when every listener's loop turns and the store answers."""
+        """(True, 'ok') when every listener's loop turns and the store answers; a listener
+        that could not bind under socket activation (`missing`) is named after the 'ok'."""
         now = time.monotonic()
         for server in self.servers:
             problem = server.loop_problem(now, self.STALL)
@@ -1887,6 +1889,8 @@ class Monitor:
         except Exception as e:            # any failure of the backend is what we report
             return False, "the %s backend does not answer: %s" % (
                 getattr(self.store, "name", "?"), clean_line(str(e))[:200])
+        if self.missing:
+            return True, "ok; not listening: " + "; ".join(self.missing)
         return True, "ok"
 
     def render(self) -> str:
@@ -4944,12 +4948,15 @@ def raise_fd_limit() -> None:
         pass
 
 
-def systemd_listeners() -> Dict[str, socket.socket]:
+def systemd_listeners() -> Dict[str, List[socket.socket]]:
     """Listening sockets systemd passed us (socket activation), by protocol name.
 
     LISTEN_PID must be this process; fds 3.. are matched to finger/setter/http/setter-unix
-    by LISTEN_FDNAMES (FileDescriptorName=), unnamed ones to finger/setter/http by order.
-    The variables are removed so that no child believes the sockets are its own."""
+    by LISTEN_FDNAMES (FileDescriptorName=); every socket with a protocol's name is served as
+    that protocol (a unit may listen on IPv4 and IPv6 apart).  Sockets with other names are
+    given by order to finger, setter, http, and only to a protocol no socket is named for:
+    a second finger socket never becomes a setter.  The variables are removed so that no
+    child believes the sockets are its own."""
     env = os.environ
     pid, count = env.get("LISTEN_PID", ""), env.get("LISTEN_FDS", "")
     names = env.get("LISTEN_FDNAMES", "").split(":")
@@ -4958,21 +4965,21 @@ def systemd_listeners() -> Dict[str, socket.socket]:
     if not (pid.isdigit() and count.isdigit() and int(pid) == os.getpid()):
         return {}
     order = ["finger", "setter", "http"]
-    found: Dict[str, socket.socket] = {}
+    found: Dict[str, List[socket.socket]] = {}
     unnamed = []
     for index in range(int(count)):
         sock = socket.socket(fileno=3 + index)       # family and type from the descriptor
         sock.set_inheritable(False)
         name = names[index] if index < len(names) else ""
-        if name in order + ["setter-unix"] and name not in found:
-            found[name] = sock
+        if name in order + ["setter-unix"]:
+            found.setdefault(name, []).append(sock)
         else:
             unnamed.append(sock)
     for name in order:
         if name not in found and unnamed:
-            found[name] = unnamed.pop(0)
+            found[name] = [unnamed.pop(0)]
     for sock in unnamed:
-        log.warning("ignoring an extra socket from systemd: %s", sock)
+        log.warning("ignoring a socket from systemd with no protocol's name: %s", sock)
         sock.close()
     return found
 
@@ -5225,24 +5232,37 @@ class Daemon:
             ("http", args.http, lambda addr, sock: WebServer(
                 addr, placeholder, sock=sock, trusted_proxies=args.trusted_proxy,
                 privacy=privacy))]
+        # Under socket activation a listener fingerd binds itself that cannot bind is left
+        # out (logged at error, in /healthz and STATUS=): the sockets systemd gave, port 79
+        # among them, keep being served.  Run by hand, it is a start-up error.
+        activated = bool(adopted)
         try:
             for label, endpoint, factory in factories:
-                if endpoint or label in adopted:
-                    self.servers.append(bind_server(label, endpoint, factory,
-                                                    adopted.pop(label, None)))
-            unix = adopted.pop("setter-unix", None)
-            if unix is not None:
-                server = UnixSetterServer(unix.getsockname(), placeholder, sock=unix)
+                given = adopted.pop(label, [])
+                for sock in given:
+                    self.servers.append(bind_server(label, endpoint, factory, sock))
+                if given and endpoint:
+                    log.warning("%s: systemd passed the socket, so --%s %s is not used "
+                                "(edit the socket unit instead)", label, label,
+                                format_address(*endpoint))
+                elif endpoint:
+                    self._bind_or_miss(activated, lambda: bind_server(label, endpoint,
+                                                                      factory))
+            unix = adopted.pop("setter-unix", [])
+            for sock in unix:
+                server = UnixSetterServer(sock.getsockname(), placeholder, sock=sock)
                 log.info("setter-socket listening on %s (from systemd)", server.address)
                 self.servers.append(server)
-            elif args.setter_socket and args.setter_socket != "off":
-                try:
-                    server = UnixSetterServer(args.setter_socket, placeholder)
-                except OSError as e:
-                    raise StartupError("cannot listen on %s: %s"
-                                       % (args.setter_socket, e.strerror or e))
-                log.info("setter-socket listening on %s", server.address)
-                self.servers.append(server)
+            if not unix and args.setter_socket and args.setter_socket != "off":
+                def bind_unix():
+                    try:
+                        server = UnixSetterServer(args.setter_socket, placeholder)
+                    except OSError as e:
+                        raise StartupError("cannot listen for setter-socket on %s: %s"
+                                           % (args.setter_socket, e.strerror or e))
+                    log.info("setter-socket listening on %s", server.address)
+                    return server
+                self._bind_or_miss(activated, bind_unix)
             if args.user:
                 preload(args)
                 drop_privileges(args.user)
@@ -5281,6 +5301,17 @@ class Daemon:
             self.monitor.bot = self.bot
             self.bot.start()
         log.info("fingerd %s serving with the %s backend", __version__, self.store.name)
+
+    def _bind_or_miss(self, activated: bool, bind: Callable[[], PooledTCPServer]) -> None:
+        """bind() a listener; under socket activation a failure is logged and reported
+        (self.missing), not fatal."""
+        try:
+            self.servers.append(bind())
+        except StartupError as e:
+            if not activated:
+                raise
+            log.error("%s; serving the other listeners", e)
+            self.monitor.missing.append(str(e))
 
     @staticmethod
     def _start_loop(server: PooledTCPServer) -> threading.Thread:
@@ -5322,9 +5353,11 @@ class Daemon:
         return all(not server.loop_problem(now, Monitor.STALL) for server in self.servers)
 
     def status_line(self) -> str:
-        return "serving %s with the %s backend" % (
+        missing = self.monitor.missing
+        return "serving %s with the %s backend%s" % (
             ", ".join("%s on %s" % (s.label, s.address) for s in self.servers),
-            self.store.name if self.store else "no")
+            self.store.name if self.store else "no",
+            "; NOT listening: " + "; ".join(missing) if missing else "")
 
     def reload(self) -> None:
         """SIGHUP: re-read the backend's source now and forget rendered pages."""

@@ -72,11 +72,14 @@ check() {      # check "what" command...
   local what=$1; shift
   if "$@" >/dev/null 2>&1; then
     echo "ok    $what"
+    last_ok=1
   else
     echo "FAIL  $what"
     failures=$((failures + 1))
+    last_ok=0
   fi
 }
+explain() { [ "$last_ok" = 1 ] || in_sh "$1" || true; }   # shown after a FAIL
 finger79() { in_sh "printf '%s\r\n' '$1' | nc -q 3 127.0.0.1 79"; }
 wait_for() {   # wait_for SECONDS command...
   local limit=$1; shift
@@ -97,6 +100,7 @@ in_sh "dpkg -i /root/fingerd-new.deb" > "$cache/install.log" 2>&1 \
 check "the upgrade disabled the netkit line" \
   in_sh "grep -q '^#<off># finger' /etc/inetd.conf"
 check "inetd no longer holds port 79" in_sh "systemctl is-active -q fingerd.socket"
+explain "systemctl status --no-pager fingerd.socket | tail -5"
 check "a busy port 8000 fails fingerd-http.socket" \
   in_sh "systemctl is-failed -q fingerd-http.socket || ! systemctl is-active -q fingerd-http.socket"
 check "finger answers on 79 while 8000 is busy" \
@@ -110,7 +114,8 @@ check "fingerd-http.socket starts once 8000 is free" \
 
 # Local users set their own status through the setter socket; the TCP setter is off.
 in_sh "useradd -m carol && useradd -m dave"
-check "fingerd --set as carol" in_sh "su carol -c \"fingerd --set 'Hello from carol'\""
+check "fingerd --set as carol, from her login shell's PATH" \
+  in_sh "su - carol -c \"fingerd --set 'Hello from carol'\""
 check "carol cannot set dave's status" \
   in_sh "su carol -c \"printf 'dave\\nHacked by carol\\n' | nc -NU /run/fingerd/setter.sock\" | grep -q ERROR"
 check "dave's status was not set" in_sh "! printf 'dave\r\n' | nc -q 3 127.0.0.1 79 | grep -q Hacked"
@@ -125,6 +130,31 @@ check "a restart keeps statuses" wait_for 10 in_sh "finger carol@localhost | gre
 inside systemctl reload fingerd
 check "systemctl reload" wait_for 10 in_sh "journalctl -u fingerd | grep -q 'SIGHUP: re-reading'"
 check "still active after reload" in_sh "systemctl is-active -q fingerd"
+
+# A unit that listens on IPv4 and IPv6 apart: both sockets are finger, never the setter.
+in_sh "mkdir -p /run/systemd/system/fingerd.socket.d && printf '[Socket]\nListenStream=\nListenStream=0.0.0.0:79\nListenStream=[::]:79\nBindIPv6Only=ipv6-only\n' > /run/systemd/system/fingerd.socket.d/split.conf && systemctl daemon-reload && systemctl stop fingerd fingerd.socket && systemctl start fingerd.socket fingerd"
+check "split IPv4/IPv6 finger sockets: IPv6 is finger" \
+  in_sh "printf 'carol\r\n' | nc -q 3 ::1 79 | grep -q 'Hello from carol'"
+check "split IPv4/IPv6 finger sockets: no setter on 79" \
+  in_sh "! printf 'dave\nPWNED\n' | nc -N ::1 79 | grep -q OK"
+in_sh "rm -r /run/systemd/system/fingerd.socket.d && systemctl daemon-reload && systemctl stop fingerd fingerd.socket && systemctl start fingerd.socket fingerd"
+
+# The web side turned off stays off after a restart.
+in_sh "systemctl disable -q --now fingerd-http.socket && systemctl restart fingerd"
+check "disable --now fingerd-http.socket lasts" in_sh "! curl -sf -o /dev/null http://127.0.0.1:8000/"
+in_sh "systemctl stop fingerd && systemctl enable -q --now fingerd-http.socket && systemctl start fingerd"
+
+# A listener fingerd binds itself (the TCP setter turned on) on a busy port: finger stays.
+inside systemd-run -q --unit=squat1079 python3 -m http.server -b 127.0.0.1 1079 >/dev/null
+wait_for 10 in_sh "nc -z 127.0.0.1 1079"
+in_sh "cp /etc/default/fingerd /root/default.saved && echo 'FINGERD_OPTS=\"--setter 127.0.0.1:1079\"' >> /etc/default/fingerd && systemctl restart fingerd" || true
+check "a busy --setter port does not take finger down" \
+  wait_for 10 in_sh "finger carol@localhost | grep -q 'Hello from carol'"
+check "the missing setter is in /healthz" \
+  in_sh "curl -s http://127.0.0.1:8000/healthz | grep -q 'not listening: cannot listen for setter'"
+check "and at err priority" in_sh "journalctl -p err -u fingerd | grep -q 'cannot listen for setter'"
+inside systemctl stop squat1079
+in_sh "cp /root/default.saved /etc/default/fingerd && systemctl restart fingerd"
 
 # The watchdog: a stopped fingerd is killed and started again.
 in_sh "mkdir -p /run/systemd/system/fingerd.service.d && printf '[Service]\nWatchdogSec=3\n' > /run/systemd/system/fingerd.service.d/watchdog.conf && systemctl daemon-reload && systemctl restart fingerd"
@@ -150,6 +180,26 @@ exposure=$(in_sh "systemd-analyze security fingerd.service 2>/dev/null" \
 echo "      live exposure: $exposure"
 check "systemd-analyze security <= 1.5" python3 -c "import sys; sys.exit(not float('$exposure' or 9) <= 1.5)"
 
+# Port 79 taken by something else: the web pages and fingerd --set still work.
+in_sh "systemctl stop fingerd fingerd.socket"
+inside systemd-run -q --unit=squat79 python3 -m http.server -b 0.0.0.0 79 >/dev/null
+wait_for 10 in_sh "nc -z 127.0.0.1 79"
+in_sh "systemctl start fingerd" || true
+check "port 79 busy: fingerd --set still works" \
+  wait_for 10 in_sh "su - carol -c \"fingerd --set 'Still here'\""
+check "port 79 busy: the pages still work" \
+  in_sh "curl -sf http://127.0.0.1:8000/carol | grep -q 'Still here'"
+inside systemctl stop squat79
+in_sh "systemctl stop fingerd && systemctl start fingerd.socket && systemctl start fingerd"
+check "finger is back once 79 is free" wait_for 10 in_sh "finger carol@localhost | grep -q 'Still here'"
+
+# Reinstalling (an upgrade) keeps the sockets listening: nothing at err priority.
+errors=$(in_sh "journalctl -p err -q --no-pager | wc -l")
+in_sh "dpkg -i /root/fingerd-new.deb" >/dev/null 2>&1
+check "a reinstall logs nothing at err" in_sh "[ \$(journalctl -p err -q --no-pager | wc -l) -eq $errors ]"
+explain "journalctl -p err -q --no-pager | tail -n +$((errors + 1))"
+check "finger answers after the reinstall" wait_for 10 in_sh "finger carol@localhost | grep -q 'Still here'"
+
 # remove keeps the data; purge removes it and the netkit line.
 in_sh "dpkg -r fingerd" >/dev/null 2>&1
 check "remove keeps the database" in_sh "test -e /var/lib/private/fingerd/fingerd.db"
@@ -157,6 +207,7 @@ in_sh "dpkg -P fingerd" >/dev/null 2>&1
 check "purge removes /var/lib/private/fingerd" in_sh "! test -e /var/lib/private/fingerd"
 check "purge removes the /var/lib/fingerd link" in_sh "! test -e /var/lib/fingerd && ! test -L /var/lib/fingerd"
 check "purge removes the disabled netkit line" in_sh "! grep -q '^#<off># finger' /etc/inetd.conf"
+check "purge leaves no setter socket file" in_sh "! test -e /run/fingerd/setter.sock"
 
 echo "boot test: $failures failed, $(( $(date +%s) - start )) s"
 [ "$failures" -eq 0 ]

@@ -255,6 +255,29 @@ class SocketActivationTest(unittest.TestCase):
         proc.wait(TIMEOUT)
         self.assertTrue(os.path.exists(path), "fingerd removed systemd's socket file")
 
+    def test_a_second_socket_keeps_its_protocol(self):
+        # A unit listening on IPv4 and IPv6 apart passes two "finger" sockets: both are
+        # finger; neither may become the unauthenticated TCP setter.
+        first, second, http_sock = self.listener(), self.listener(), self.listener()
+        proc, log = self.launch([first, second, http_sock], ["finger", "finger", "http"],
+                                "--backend", "memory", "--finger", "off", "--setter", "off",
+                                "--http", "off")
+        for sock in (first, second):
+            self.assertEqual(query(sock.getsockname()[1], b"nobody\r\n"), b"No such user\r\n")
+            self.assertEqual(query(sock.getsockname()[1], b"bob\nset\n", half_close=True),
+                             b"No such user\r\n")
+        self.assertNotIn("setter listening", log)
+
+    def test_under_activation_a_listener_that_cannot_bind_is_left_out(self):
+        finger = self.listener()
+        busy = self.listener()
+        proc, log = self.launch([finger], ["finger"], "--backend", "memory", "--finger", "off",
+                                "--http", "off", "--setter",
+                                "127.0.0.1:%d" % busy.getsockname()[1])
+        self.assertIn("cannot listen for setter on 127.0.0.1:%d" % busy.getsockname()[1], log)
+        self.assertEqual(query(finger.getsockname()[1], b"nobody\r\n"), b"No such user\r\n")
+        self.assertIsNone(proc.poll())
+
     def test_unnamed_sockets_by_order(self):
         finger, setter = self.listener(), self.listener()
         proc, log = self.launch([finger, setter], [], "--backend", "memory", "--http", "off")
