@@ -5263,6 +5263,9 @@ class Daemon:
                     log.info("setter-socket listening on %s", server.address)
                     return server
                 self._bind_or_miss(activated, bind_unix)
+            if not self.servers and not args.irc:
+                raise StartupError("nothing to serve: every listener is off and systemd "
+                                   "passed no socket")
             if args.user:
                 preload(args)
                 drop_privileges(args.user)

@@ -208,6 +208,8 @@ check "purge removes /var/lib/private/fingerd" in_sh "! test -e /var/lib/private
 check "purge removes the /var/lib/fingerd link" in_sh "! test -e /var/lib/fingerd && ! test -L /var/lib/fingerd"
 check "purge removes the disabled netkit line" in_sh "! grep -q '^#<off># finger' /etc/inetd.conf"
 check "purge leaves no setter socket file" in_sh "! test -e /run/fingerd/setter.sock"
-
+in_sh "dpkg -i /root/fingerd-new.deb" >/dev/null 2>&1
+check "a reinstall after purge listens on every socket" \
+  in_sh "systemctl is-active -q fingerd.socket fingerd-http.socket fingerd-setter.socket"
 echo "boot test: $failures failed, $(( $(date +%s) - start )) s"
 [ "$failures" -eq 0 ]

@@ -41,6 +41,14 @@ class StartupFailureTest(unittest.TestCase):
         for needle in needles:
             self.assertIn(needle, last)
 
+    def test_nothing_to_serve(self):
+        # Under systemd, a start before its sockets listen must fail (and be restarted),
+        # not run with no listener at all.
+        out = run_cli("--backend", "memory", "--finger", "off", "--setter", "off",
+                      "--http", "off", "--setter-socket", "off")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("nothing to serve", out.stderr)
+
     def test_port_in_use(self):
         busy = socket.socket()
         busy.bind(("127.0.0.1", 0))
