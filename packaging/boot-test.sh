@@ -211,5 +211,7 @@ check "purge leaves no setter socket file" in_sh "! test -e /run/fingerd/setter.
 in_sh "dpkg -i /root/fingerd-new.deb" >/dev/null 2>&1
 check "a reinstall after purge listens on every socket" \
   in_sh "systemctl is-active -q fingerd.socket fingerd-http.socket fingerd-setter.socket"
+check "and answers, with none of the old statuses" \
+  wait_for 10 in_sh "printf 'carol\r\n' | nc -q 3 127.0.0.1 79 | grep -q 'No such user'"
 echo "boot test: $failures failed, $(( $(date +%s) - start )) s"
 [ "$failures" -eq 0 ]
