@@ -76,6 +76,21 @@ def temp_dir(test: unittest.TestCase) -> str:
     return path
 
 
+def skip_unless_port_79_free(test: unittest.TestCase) -> None:
+    """Skip `test` unless this process may bind 127.0.0.1:79 now (the real finger client
+    has no port option)."""
+    if os.geteuid() != 0:
+        test.skipTest("port 79 needs root")
+    probe = socket.socket()
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does
+    try:
+        probe.bind(("127.0.0.1", 79))
+    except OSError as e:
+        test.skipTest("port 79 is not free: %s" % e)
+    finally:
+        probe.close()
+
+
 def write_file(path: str, text: str) -> str:
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)

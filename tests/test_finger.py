@@ -7,8 +7,9 @@ import threading
 import time
 import unittest
 
-from support import (Daemon, connect, fingerd, query, read_all, serve, temp_dir,
-                           thread_count, write_file)
+from support import (Daemon, connect, fingerd, query, read_all, serve,
+                     skip_unless_port_79_free, temp_dir,
+                     thread_count, write_file)
 
 Status = fingerd.Status
 
@@ -285,16 +286,7 @@ class RealFingerClientTest(unittest.TestCase):
     def setUp(self):
         if not shutil.which("finger"):
             self.skipTest("the finger client is not installed (apt-get install finger)")
-        if os.geteuid() != 0:
-            self.skipTest("port 79 needs root")
-        probe = socket.socket()
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # as the server does
-        try:
-            probe.bind(("127.0.0.1", 79))
-        except OSError as e:
-            self.skipTest("port 79 is not free: %s" % e)
-        finally:
-            probe.close()
+        skip_unless_port_79_free(self)
         users = write_file(os.path.join(temp_dir(self), "users"),
                            "alice: Happy and well\nbob: \x1b[31mred\x1b[0m\n")
         self.daemon = Daemon(self, "--backend", "file", "--users-file", users,

@@ -14,7 +14,6 @@ import pwd
 import random
 import re
 import shutil
-import socket
 import subprocess
 import threading
 import unittest
@@ -22,7 +21,8 @@ import xml.etree.ElementTree as ET
 import xmlrpc.client
 import xmlrpc.server
 
-from support import Daemon, TIMEOUT, command, fingerd, query, serve, temp_dir, write_file
+from support import (Daemon, TIMEOUT, command, fingerd, query, serve, skip_unless_port_79_free,
+                     temp_dir, write_file)
 from test_backends import FakeAccounts, process_store
 from test_irc import MeanRandom, ScriptedServer
 
@@ -344,16 +344,7 @@ class RealFingerClientTextTest(unittest.TestCase):
                 "carol": "caf\u00e9 \u00e0 9h, na\u00efve, \u00fcber, \u00f1and\u00fa"}
 
     def setUp(self):
-        if os.geteuid() != 0:
-            self.skipTest("port 79 needs root")
-        probe = socket.socket()
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", 79))
-        except OSError as e:
-            self.skipTest("port 79 is not free: %s" % e)
-        finally:
-            probe.close()
+        skip_unless_port_79_free(self)
         users = os.path.join(temp_dir(self), "users")
         write_file(users, "".join("%s: %s\n" % (u, s.replace("\n", "\\n"))
                                   for u, s in self.STATUSES.items()))
