@@ -543,8 +543,13 @@ class Store:
         return [user for user, _ in self.items()]
 
     def problem(self) -> Optional[str]:
-        """Why the store cannot serve at all (a thread of its own has died), or None."""
+        """Why the store cannot serve at all (a thread of its own has died: the daemon
+        exits), or None.  An outage of what it asks is not one (upstreams())."""
         return None
+
+    def upstreams(self) -> List["Upstream"]:
+        """What it asks and does not control (the name service, remote authorities)."""
+        return []
 
     def set(self, user: str, text: str, expires_at: float = 0.0) -> Status:
         """Store a status (until expires_at, when given: then the user's lasting status shows
@@ -1069,6 +1074,14 @@ INSTANCE_ID = "%016x" % random.SystemRandom().getrandbits(64)   # this process, 
 _request_context = threading.local()  # the Via chain of the HTTP request being served
 
 
+LOOKUP_TIMEOUT = 2.0                  # seconds one account lookup in the name service may take
+LOOKUP_WORKERS = 4                    # threads asking the name service, for all listeners
+LOOKUP_WAITERS = 8                    # callers waiting on it at once; more are answered at once
+STALE_ACCOUNTS = 86400.0              # an account found is still served this long in an outage
+ENUMERATION_TIMEOUT = 20.0            # seconds for listing every account (getent passwd)
+ENUMERATION_LIMIT = 64 * 1024 * 1024  # bytes of getent passwd's output read (~500k accounts)
+
+
 def uid_range(login_defs: str = "/etc/login.defs") -> Tuple[int, int]:
     """UID_MIN and UID_MAX of login.defs: the ordinary accounts (default 1000-60000)."""
     found = {"UID_MIN": 1000, "UID_MAX": 60000}
@@ -1081,6 +1094,377 @@ def uid_range(login_defs: str = "/etc/login.defs") -> Tuple[int, int]:
     except OSError:
         pass
     return found["UID_MIN"], found["UID_MAX"]
+
+
+def default_homes(useradd: str = "/etc/default/useradd") -> str:
+    """Where the homes are, as a glob: HOME= of useradd's defaults (default /home) + '/*'."""
+    home = "/home"
+    try:
+        with open(useradd, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                value = value.strip().strip("\"'")
+                if key.strip() == "HOME" and value.startswith("/"):
+                    home = value.rstrip("/") or "/"
+    except OSError:
+        pass
+    return os.path.join(home, "*")
+
+
+def passwd_entry(line: bytes):
+    """One passwd(5) line (bytes, as getent passwd or /etc/passwd give it) as a
+    pwd.struct_passwd, text decoded as the pwd module decodes it (the file system encoding,
+    surrogateescape); None for a line that is not an account (a comment, a NIS '+' line,
+    a uid or gid that is not a number)."""
+    import pwd
+    fields = line.rstrip(b"\r\n").split(b":")
+    if len(fields) != 7 or not fields[0] or fields[0][:1] in (b"#", b"+", b"-"):
+        return None
+    try:
+        uid, gid = int(fields[2]), int(fields[3])
+    except ValueError:
+        return None
+    text = [os.fsdecode(field) for field in fields]
+    return pwd.struct_passwd((text[0], text[1], uid, gid, text[4], text[5], text[6]))
+
+
+@functools.lru_cache(maxsize=None)
+def libc_passwd():
+    """The C library's getpwnam_r and getpwuid_r (through ctypes, on Linux: glibc and musl
+    share struct passwd), or None elsewhere.  They tell "no such account" (0 and no entry)
+    from "the name service failed" (an errno: ENOENT when nslcd cannot reach slapd or
+    sssd is not running, EAGAIN, EIO...), where the pwd module raises KeyError for both
+    (CPython's pwdmodule.c), which would make a directory outage a "No such user"."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+
+        class Passwd(ctypes.Structure):
+            _fields_ = [("pw_name", ctypes.c_char_p), ("pw_passwd", ctypes.c_char_p),
+                        ("pw_uid", ctypes.c_uint32), ("pw_gid", ctypes.c_uint32),
+                        ("pw_gecos", ctypes.c_char_p), ("pw_dir", ctypes.c_char_p),
+                        ("pw_shell", ctypes.c_char_p)]
+        result = ctypes.POINTER(Passwd)
+        by_name, by_uid = libc.getpwnam_r, libc.getpwuid_r
+        by_name.argtypes = [ctypes.c_char_p, result, ctypes.c_char_p, ctypes.c_size_t,
+                            ctypes.POINTER(result)]
+        by_uid.argtypes = [ctypes.c_uint32, result, ctypes.c_char_p, ctypes.c_size_t,
+                           ctypes.POINTER(result)]
+        by_name.restype = by_uid.restype = ctypes.c_int
+    except (ImportError, OSError, AttributeError):
+        return None
+
+    def lookup(key):
+        """The pwd.struct_passwd of `key` (a name or a uid); KeyError when there is no
+        such account, OSError when the name service failed."""
+        import pwd
+        if isinstance(key, int):
+            if not 0 <= key < 2 ** 32:
+                raise KeyError(key)
+            function, argument = by_uid, key
+        else:
+            function, argument = by_name, os.fsencode(key)
+            if b"\0" in argument:
+                raise KeyError(key)
+        size = 16384
+        while True:
+            entry, found, buffer = Passwd(), result(), ctypes.create_string_buffer(size)
+            code = function(argument, ctypes.byref(entry), buffer, size, ctypes.byref(found))
+            if code == errno.ERANGE and size < 1 << 20:
+                size *= 4
+                continue
+            if code:
+                raise OSError(code, os.strerror(code))
+            if not found:
+                raise KeyError(key)
+            text = [os.fsdecode(value or b"") for value in (
+                entry.pw_name, entry.pw_passwd, entry.pw_gecos, entry.pw_dir, entry.pw_shell)]
+            return pwd.struct_passwd((text[0], text[1], entry.pw_uid, entry.pw_gid,
+                                      text[2], text[3], text[4]))
+    return lookup
+
+
+class Upstream:
+    """Something a backend asks and does not control: the name service, or one remote
+    authority (README: More than one machine).
+
+    An outage begins with the first failure (a time-out, a refused connection) and ends with
+    the first answer after it; each is logged once, at its start (WARNING) and at its end
+    (INFO).  /healthz reports an outage (503, with problem()'s reason) and /metrics counts
+    (fingerd_upstream_up, fingerd_upstream_outages_total, fingerd_upstream_failures_total,
+    fingerd_upstream_slowdowns_total, labelled upstream=`label`).  Thread-safe."""
+
+    fallback = "serving what it last said"
+
+    def __init__(self, label: str, what: str) -> None:
+        self.label = label              # "nss", or a remote's URL: the metrics label
+        self.what = what                # in words, for logs and /healthz
+        self.state_lock = threading.Lock()
+        self.down_since: Optional[float] = None     # time.monotonic() of the outage's start
+        self.reason = ""
+        self.outages = 0                # outages begun
+        self.failures = 0               # calls failed (several per outage)
+        self.slowdowns = 0              # answers asking us to slow down (429, 503)
+
+    @property
+    def down(self) -> bool:
+        return self.down_since is not None
+
+    def failed(self, reason: str) -> bool:
+        """Record one failure; True when it begins an outage (the caller logged nothing)."""
+        with self.state_lock:
+            self.failures += 1
+            self.reason = reason
+            if self.down_since is not None:
+                return False
+            self.down_since = time.monotonic()
+            self.outages += 1
+        log.warning("%s does not answer (%s); %s until it does", self.what, reason,
+                    self.fallback)
+        return True
+
+    def worked(self) -> None:
+        """Record an answer; ends an outage."""
+        if self.down_since is None:
+            return
+        with self.state_lock:
+            since, self.down_since = self.down_since, None
+        if since is not None:
+            log.info("%s answers again, after %.0f s", self.what, time.monotonic() - since)
+
+    def problem(self) -> Optional[str]:
+        """Why it is out, for /healthz, or None."""
+        since = self.down_since
+        if since is None:
+            return None
+        return "%s has not answered for %.0f s (%s)" % (self.what, time.monotonic() - since,
+                                                         self.reason)
+
+
+class NameService(Upstream):
+    """Account lookups that never hold up a listener (README: More than one machine).
+
+    Accounts in /etc/passwd are read from the file itself (re-read when it changes), so
+    local users never wait on a directory.  Any other name is asked of NSS (pwd.getpwnam,
+    which releases the interpreter lock while LDAP or SSSD answer) on a pool of at most
+    LOOKUP_WORKERS threads, each lookup within `timeout` seconds; at most LOOKUP_WAITERS
+    callers wait at once.  Answers, "no such account" included, are kept `ttl` seconds.
+    A lookup over its deadline begins an outage (Upstream): until a lookup answers in time
+    again, one caller at a time probes, the others get at once the account as last found
+    (for up to STALE_ACCOUNTS seconds) or StoreUnavailable, never a "no such account".
+
+    enumerate() lists every account NSS gives (`getent passwd` in a subprocess, so a slow
+    directory never holds the interpreter lock; within ENUMERATION_TIMEOUT).  `accounts`
+    replaces the pwd module (tests): then lookups and getpwall() run on the pool too."""
+
+    fallback = "serving accounts as last found"
+
+    def __init__(self, accounts=None, ttl: float = DEFAULT_REFRESH,
+                 timeout: float = LOOKUP_TIMEOUT, passwd: Optional[str] = None) -> None:
+        super().__init__("nss", "the name service (NSS)")
+        self.real = accounts is None              # the system's own: enumerate with getent
+        if accounts is None:
+            import pwd
+            accounts, passwd = pwd, passwd or "/etc/passwd"
+        self.accounts, self.passwd, self.ttl, self.timeout = accounts, passwd, ttl, timeout
+        self._files: Tuple[object, Dict[object, object]] = (None, {})
+        self._known: Dict[object, Tuple[float, float, object]] = {}  # key: (fresh, stale, pw)
+        self._pending: Dict[object, object] = {}       # key: the Future asking NSS
+        self._pool = None
+        self._waiters = 0
+        self._probing = False             # a caller is probing during an outage
+        self._checking = False            # a background lookup is (problem())
+        self.lock = threading.Lock()
+
+    # /etc/passwd, read directly ---------------------------------------------------------
+
+    def local(self) -> Dict[object, object]:
+        """The accounts of /etc/passwd by name and by uid (the first of a uid wins)."""
+        if self.passwd is None:
+            return {}
+        try:
+            st = os.stat(self.passwd)
+        except OSError:
+            return {}
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        files = self._files
+        if files[0] == stamp:
+            return files[1]
+        found: Dict[object, object] = {}
+        try:
+            with open(self.passwd, "rb") as f:
+                for line in f:
+                    pw = passwd_entry(line)
+                    if pw is not None:
+                        found.setdefault(pw.pw_name, pw)
+                        found.setdefault(pw.pw_uid, pw)
+        except OSError:
+            return files[1]
+        self._files = (stamp, found)
+        return found
+
+    # Lookups ------------------------------------------------------------------------------
+
+    def getpwnam(self, name: str):
+        """The account named exactly `name`, or None; StoreUnavailable when the name service
+        cannot tell now."""
+        pw = self.local().get(name)
+        return pw if pw is not None else self._lookup(name)
+
+    def getpwuid(self, uid: int):
+        """The account of `uid`, or None; StoreUnavailable as getpwnam()."""
+        pw = self.local().get(uid)
+        return pw if pw is not None else self._lookup(uid)
+
+    def remember(self, pw) -> None:
+        """Keep an account enumeration found, as a lookup would."""
+        now = time.monotonic()
+        with self.lock:
+            self._keep(pw.pw_name, now, pw)
+
+    def _keep(self, key, now: float, pw) -> None:
+        if len(self._known) >= 100000:
+            self._known = {k: v for k, v in self._known.items() if v[1] > now and v[2]}
+            if len(self._known) >= 100000:
+                self._known.clear()
+        self._known[key] = (now + self.ttl, now + (STALE_ACCOUNTS if pw else self.ttl), pw)
+
+    def _ask(self, key):
+        """On a pool thread: one NSS lookup.  The account or None; OSError when the name
+        service failed (it said so, or answered after the deadline: a late "no such
+        account" is what a dead directory says)."""
+        start = time.monotonic()
+        failure = None
+        try:
+            libc = libc_passwd() if self.real else None
+            if libc is not None:
+                pw = libc(key)
+            elif isinstance(key, int):
+                pw = self.accounts.getpwuid(key)
+            else:
+                pw = self.accounts.getpwnam(key)
+            if not isinstance(key, int) and pw.pw_name != key:
+                pw = None
+        except (KeyError, ValueError, OverflowError):
+            pw = None
+        except OSError as e:
+            pw, failure = None, e
+        late = time.monotonic() - start > self.timeout
+        with self.lock:
+            self._pending.pop(key, None)
+            if failure is None and not late:
+                self._keep(key, time.monotonic(), pw)
+        if failure is not None:
+            raise failure
+        if late:
+            raise TimeoutError("a lookup took over %g s" % self.timeout)
+        self.worked()
+        return pw
+
+    def _lookup(self, key):
+        now = time.monotonic()
+        with self.lock:
+            known = self._known.get(key)
+            if known is not None and known[0] > now:
+                return known[2]
+            probe = False
+            if self.down_since is not None:
+                if self._probing:
+                    return self._stale(known, now, "does not answer")
+                probe = self._probing = True
+            elif self._waiters >= LOOKUP_WAITERS:
+                return self._stale(known, now, "is busy")
+            future = self._pending.get(key)
+            if future is None:
+                if self._pool is None:
+                    import concurrent.futures
+                    self._pool = concurrent.futures.ThreadPoolExecutor(
+                        LOOKUP_WORKERS, thread_name_prefix="nss-lookup")
+                future = self._pending[key] = self._pool.submit(self._ask, key)
+            self._waiters += 1
+        try:
+            import concurrent.futures
+            return future.result(self.timeout)
+        except concurrent.futures.TimeoutError:
+            if future.cancel():       # still queued: never asked (running: its answer is late)
+                with self.lock:
+                    if self._pending.get(key) is future:
+                        del self._pending[key]
+            self.failed("a lookup took over %g s" % self.timeout)
+            return self._stale(known, now, "does not answer")
+        except concurrent.futures.CancelledError:   # another caller's deadline passed first
+            return self._stale(known, now, "does not answer")
+        except OSError as e:          # the name service said it failed (ENOENT, EAGAIN...)
+            self.failed("a lookup failed: %s" % (e.strerror or e))
+            return self._stale(known, now, "fails")
+        finally:
+            with self.lock:
+                self._waiters -= 1
+                if probe:
+                    self._probing = False
+
+    def problem(self) -> Optional[str]:
+        """Upstream.problem(); during an outage it also starts a lookup in the background
+        (one at a time), so that /healthz sees the recovery even when no query comes."""
+        problem = super().problem()
+        if problem is not None and not self._checking and self._pool is not None:
+            self._checking = True
+
+            def check() -> None:
+                try:
+                    self._ask("fingerd-healthz-probe")
+                except OSError:
+                    pass                             # still out
+                finally:
+                    self._checking = False
+            try:
+                self._pool.submit(check)
+            except RuntimeError:                     # the pool is shut down
+                self._checking = False
+        return problem
+
+    def _stale(self, known, now: float, why: str):
+        if known is not None and known[1] > now and known[2] is not None:
+            return known[2]
+        raise StoreUnavailable("the name service %s" % why)
+
+    # Enumeration ----------------------------------------------------------------------------
+
+    def enumerate(self) -> List[object]:
+        """Every account NSS lists (local ones and, where the directory allows enumeration,
+        the directory's), within ENUMERATION_TIMEOUT; StoreUnavailable when it cannot."""
+        if not self.real:                            # an injected accounts module
+            result: List[object] = []
+
+            def run() -> None:
+                result.extend(self.accounts.getpwall())
+            thread = threading.Thread(target=run, name="nss-enumerate", daemon=True)
+            thread.start()
+            thread.join(ENUMERATION_TIMEOUT)
+            if thread.is_alive():
+                self.failed("listing the accounts took over %g s" % ENUMERATION_TIMEOUT)
+                raise StoreUnavailable("the name service does not answer")
+            return result
+        getent = shutil.which("getent")
+        argv = [getent, "passwd"] if getent else [
+            sys.executable, "-I", "-S", "-c",
+            "import os, pwd, sys\nfor p in pwd.getpwall():\n"
+            "    sys.stdout.buffer.write(os.fsencode(':'.join(map(str, p))) + b'\\n')"]
+        try:
+            done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, timeout=ENUMERATION_TIMEOUT,
+                                  close_fds=True)
+        except subprocess.TimeoutExpired:
+            self.failed("listing the accounts took over %g s" % ENUMERATION_TIMEOUT)
+            raise StoreUnavailable("the name service does not answer")
+        except OSError as e:
+            raise StoreUnavailable("cannot run %s: %s" % (argv[0], e.strerror or e))
+        # getent exits 0, or 2 when NSS has nothing to list: the lines it gave stand.
+        entries = [passwd_entry(line) for line in
+                   done.stdout[:ENUMERATION_LIMIT].split(b"\n")[:-1]]
+        return [pw for pw in entries if pw is not None]
 
 
 def read_owned_file(path: str, uid: int, limit: int = PLAN_LIMIT
@@ -1136,50 +1520,35 @@ def gecos_details(gecos: str, login: str) -> List[Tuple[str, str]]:
 
 
 class AccountPolicy:
-    """Which local accounts the pwd and process backends may show (README: Privacy).
+    """Which accounts the pwd and process backends may show (README: Privacy).
 
-    Ordinary accounts (UID_MIN..UID_MAX of login.defs) are shown with or without a plan;
-    root and system accounts only while they publish a .plan this process can read.
-    ~/.nofinger hides an account, and the check fails closed: when it cannot be made (EACCES
-    on a 0700 home, EIO, a stale NFS handle) the account is hidden, logged once at debug
-    level.  Account lookups, found or not, are kept for `ttl` seconds: the name service
-    answers "no such account" far slower than it finds one (50 us against 6 us with
-    Debian's systemd NSS module), which would tell hidden accounts from unknown names to
-    anyone who asks twice."""
+    Ordinary accounts (`uids`, MIN..MAX: --uid-range, by default UID_MIN..UID_MAX of
+    login.defs; never the overflow uid 65534 nor (uid_t)-2, -1) are shown with or without a
+    plan; root, system and other accounts only while they publish a .plan this process can
+    read.  ~/.nofinger hides an account, and the check fails closed: when it cannot be made
+    (EACCES on a 0700 home, EIO, a stale NFS handle) the account is hidden, logged once at
+    debug level.  Accounts come from a NameService, which keeps lookups, found or not, for
+    `ttl` seconds: the name service answers "no such account" far slower than it finds one
+    (50 us against 6 us with Debian's systemd NSS module), which would tell hidden accounts
+    from unknown names to anyone who asks twice.  lookup() raises StoreUnavailable when the
+    name service cannot tell now."""
+
+    NOT_PEOPLE = frozenset((65534, 2 ** 32 - 2, 2 ** 32 - 1))    # overflow uid, (uid_t)-2, -1
 
     def __init__(self, accounts=None, uids: Optional[Tuple[int, int]] = None,
-                 ttl: float = DEFAULT_REFRESH) -> None:
-        if accounts is None:
-            import pwd
-            accounts = pwd
-        self.accounts = accounts
+                 ttl: float = DEFAULT_REFRESH, timeout: float = LOOKUP_TIMEOUT) -> None:
+        self.names = accounts if isinstance(accounts, NameService) else \
+            NameService(accounts, ttl, timeout)
+        self.accounts = self.names.accounts
         self.uid_min, self.uid_max = uids or uid_range()
-        self.ttl = ttl
-        self._known: Dict[str, Tuple[float, object]] = {}
         self._unsure: set = set()          # accounts already logged as hidden for an error
 
     def lookup(self, user: str):
-        """The account named exactly `user` (pwd entry), or None; cached for `ttl` s."""
-        now = time.monotonic()
-        known = self._known.get(user)
-        if known is not None and known[0] > now:
-            return known[1]
-        try:
-            pw = self.accounts.getpwnam(user)
-        except (KeyError, ValueError, OSError):
-            pw = None
-        if pw is not None and pw.pw_name != user:
-            pw = None
-        if len(self._known) >= 10000:
-            self._known.clear()
-        self._known[user] = (now + self.ttl, pw)
-        return pw
-
-    def forget(self) -> None:
-        self._known.clear()
+        """The account named exactly `user` (a pwd entry), or None."""
+        return self.names.getpwnam(user)
 
     def ordinary(self, pw) -> bool:
-        return self.uid_min <= pw.pw_uid <= self.uid_max
+        return self.uid_min <= pw.pw_uid <= self.uid_max and pw.pw_uid not in self.NOT_PEOPLE
 
     def opted_out(self, pw) -> bool:
         """True when ~/.nofinger exists, or when that cannot be known: only "no such file"
@@ -1212,29 +1581,40 @@ class AccountPolicy:
 
 
 class PlanStore(Store):
-    """Local accounts and their ~/.plan, as finger has always shown them.
+    """Accounts and their ~/.plan, as finger has always shown them.
 
-    Accounts come from `accounts` (the pwd module: so LDAP or SSSD accounts through NSS
-    work).  Ordinary accounts (UID_MIN..UID_MAX of login.defs) are answered with or without a
-    plan ('No Plan.'); root and system accounts only while they publish a readable .plan.
-    ~/.nofinger hides an account completely, and the check fails closed: when it cannot be
-    made (EACCES on a 0700 home, EIO, a stale NFS handle), the account is hidden, logged
-    once at debug level.  The list is the visible accounts that publish a .plan, refreshed
-    every `refresh` seconds.  Files are read with read_owned_file().  /W (verbose) adds the
-    GECOS fields (gecos_details()), ~/.project, ~/.pgpkey."""
+    Accounts come from the name service (NameService: /etc/passwd, then NSS, so LDAP or
+    SSSD accounts work, each lookup with a deadline).  Ordinary accounts (AccountPolicy) are
+    answered with or without a plan ('No Plan.'); root and system accounts only while they
+    publish a readable .plan.  ~/.nofinger hides an account completely, failing closed.
+    Files are read with read_owned_file().  /W (verbose) adds the GECOS fields
+    (gecos_details()), ~/.project, ~/.pgpkey.
+
+    The list is the visible accounts that publish a .plan, refreshed every `refresh`
+    seconds from what a site really has (README: More than one machine): every account
+    NSS enumerates, plus the owners of the .plan files under `homes` (a glob such as
+    '/home/*'; directories that do not enumerate, SSSD's default), each confirmed by a
+    lookup.  An account listed before is dropped only once a lookup says it is gone: while
+    the directory does not answer, the list keeps it."""
 
     name = "pwd"
     writable = False
     blocking = True
 
     def __init__(self, refresh: float = DEFAULT_REFRESH, accounts=None,
-                 uids: Optional[Tuple[int, int]] = None) -> None:
+                 uids: Optional[Tuple[int, int]] = None, homes: str = "",
+                 timeout: float = LOOKUP_TIMEOUT) -> None:
         super().__init__()
-        self.policy = AccountPolicy(accounts, uids, refresh)
+        self.policy = AccountPolicy(accounts, uids, refresh, timeout)
+        self.names = self.policy.names
         self.accounts = self.policy.accounts
+        self.homes = homes
         self._listed: List[str] = []
         self.refresh()
         self._refresher = Refresher(self.refresh, refresh, "pwd-refresh")
+
+    def upstreams(self) -> List[Upstream]:
+        return [self.names]
 
     def _account(self, user: str):
         return self.policy.visible(user)
@@ -1276,24 +1656,72 @@ class PlanStore(Store):
             names = list(self._listed)
         out = []
         for name in names:
-            pw = self._account(name)
+            try:
+                pw = self._account(name)
+            except StoreUnavailable:
+                continue          # not found since the directory went away: left out now
             status = None if pw is None else self._status(pw, False)
             if status is not None:
                 out.append((name, status))
         return out
 
+    def _plan_owners(self) -> Iterable[Tuple[str, int]]:
+        """(directory name, owner uid) of each home under `homes` holding a regular .plan."""
+        if not self.homes:
+            return
+        import glob
+        for home in sorted(glob.glob(self.homes))[:100000]:
+            try:
+                st = os.lstat(os.path.join(home, ".plan"))
+            except (OSError, ValueError):
+                continue
+            if stat.S_ISREG(st.st_mode):
+                yield os.path.basename(home.rstrip("/")), st.st_uid
+
     def refresh(self) -> None:
-        """Re-list the accounts that publish a .plan this process can read (and forget the
-        account lookups kept)."""
-        names = set()
-        policy = self.policy
-        policy.forget()
-        for pw in self.accounts.getpwall():
-            if valid_name(pw.pw_name) and not policy.opted_out(pw) and policy.publishes(pw):
-                names.add(pw.pw_name)
+        """Re-list the accounts that publish a .plan this process can read: enumeration,
+        the owners of .plan files under `homes`, and the accounts listed before; a name is
+        dropped only when a lookup says the account is gone or does not publish."""
+        names = self.names
+        found: Dict[str, object] = {}
+        unsure: set = set()                 # could not be confirmed: the directory is out
+        try:
+            for pw in names.enumerate():
+                if valid_name(pw.pw_name):
+                    found.setdefault(pw.pw_name, pw)
+                    names.remember(pw)
+        except StoreUnavailable:
+            pass
+        for home_name, uid in self._plan_owners():
+            if home_name in found and found[home_name].pw_uid == uid:
+                continue
+            try:
+                pw = names.getpwnam(home_name) if valid_name(home_name) else None
+                if pw is None or pw.pw_uid != uid:
+                    pw = names.getpwuid(uid)
+            except StoreUnavailable:
+                unsure.add(home_name)
+                continue
+            if pw is not None and valid_name(pw.pw_name):
+                found.setdefault(pw.pw_name, pw)
         with self.lock:
-            if sorted(names) != self._listed:
-                self._listed = sorted(names)
+            before = list(self._listed)
+        for name in before:
+            if name not in found:
+                try:
+                    pw = names.getpwnam(name)
+                except StoreUnavailable:
+                    unsure.add(name)
+                    continue
+                if pw is not None:
+                    found[name] = pw
+        policy = self.policy
+        listed = {name for name, pw in found.items()
+                  if not policy.opted_out(pw) and policy.publishes(pw)}
+        listed.update(name for name in unsure if name in before)
+        with self.lock:
+            if sorted(listed) != self._listed:
+                self._listed = sorted(listed)
                 self._changed()
 
     def close(self) -> None:
@@ -1355,15 +1783,19 @@ class ProcessStore(Store):
 
     def __init__(self, program: str = "finger", refresh: float = DEFAULT_REFRESH,
                  timeout: float = PROGRAM_TIMEOUT, accounts=None,
-                 uids: Optional[Tuple[int, int]] = None) -> None:
+                 uids: Optional[Tuple[int, int]] = None,
+                 lookup_timeout: float = LOOKUP_TIMEOUT) -> None:
         super().__init__()
-        self.policy = AccountPolicy(accounts, uids, refresh)
+        self.policy = AccountPolicy(accounts, uids, refresh, lookup_timeout)
         path = shutil.which(program)
         if path is None:
             raise StartupError("finger program %r not found or not executable (see "
                                "--finger-program)" % program)
         self.program, self.refresh_seconds, self.timeout = path, refresh, timeout
         self._list: Tuple[float, List[Tuple[str, Status]]] = (-1e9, [])
+
+    def upstreams(self) -> List[Upstream]:
+        return [self.policy.names]
 
     def run(self, *args: str) -> Tuple[int, str]:
         """(exit status, output) of PROGRAM ARGS; StoreUnavailable when it takes too long."""
@@ -1499,14 +1931,24 @@ def remote_transport_class(secure: bool):
             self._conn = None
 
         def request(self, host, handler, request_body, verbose=False):
-            # One attempt: Transport.request retries a failed connection at once, which
-            # doubles the load on a remote that is already failing.  The whole call has a
+            # One attempt on a new connection: Transport.request retries any failed
+            # connection at once, which doubles the load on a remote that is already
+            # failing.  The whole call has a
             # deadline: a remote that drips its answer a byte at a time (each read within
             # the socket timeout) is cut off by shutting the socket down under it.
+            # A kept connection the remote closed while idle (its keep-alive timeout) fails
+            # at once: that one call is tried again on a new connection (getUser, getUsers
+            # and system.multicall of them are idempotent).
+            reused = self._connection[1] is not None
             timer = threading.Timer(3 * self.timeout, self._expire)
             timer.daemon = True
             timer.start()
             try:
+                try:
+                    return self.single_request(host, handler, request_body, verbose)
+                except (ConnectionResetError, ConnectionAbortedError, BrokenPipeError):
+                    if not reused:
+                        raise
                 return self.single_request(host, handler, request_body, verbose)
             finally:
                 timer.cancel()
@@ -1539,6 +1981,7 @@ def remote_transport_class(secure: bool):
                     raise AnswerTooLarge("answer over %d bytes" % REMOTE_MAX_RESPONSE)
                 if time.monotonic() > end:
                     raise xmlrpc.client.ProtocolError(self.via, 502, "answer too slow", {})
+            response.close()      # read whole: the connection is ready for the next call
             if re.search(rb"<!(?:DOCTYPE|ENTITY)", data, re.I):
                 raise xmlrpc.client.ProtocolError(self.via, 502, "answer has a DTD", {})
             parser, unmarshaller = self.getparser()
@@ -1549,57 +1992,145 @@ def remote_transport_class(secure: bool):
     return BoundedTransport
 
 
-class Remote:
-    """One remote server and its health: a failure starts a back-off during which nobody
-    calls it; when the wait is over exactly one caller probes it (no stampede)."""
+REMOTE_CONNECTIONS = 8                # persistent HTTP/1.1 connections kept to each remote
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.backoff = Backoff(initial=1.0, maximum=60.0)
+
+def retry_after(value: Optional[str], now: Optional[float] = None) -> Optional[float]:
+    """Seconds a Retry-After field (RFC 9110 §10.2.3: delay-seconds or an HTTP date) asks
+    to wait, or None when there is no valid one."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value[:12])
+    when = http_date_seconds(value)
+    return None if when is None else max(0.0, when - (time.time() if now is None else now))
+
+
+class Remote(Upstream):
+    """One remote authority: its health, its back-off and its connections.
+
+    A failure begins an outage (Upstream) and a back-off during which nobody calls it; when
+    the wait is over exactly one caller probes it (no stampede).  The back-off advances once
+    per round of calls, not once per call: calls in flight together that fail together
+    count once (twelve failures at once are one step, not twelve), and it never exceeds
+    `cap` (--refresh), so a recovered authority is noticed within --refresh.  A 429, or a
+    503 with Retry-After, means "slow down", not "down": nobody calls it until Retry-After
+    has passed (at most `cap` seconds), and no outage begins.  Calls share at most
+    REMOTE_CONNECTIONS persistent HTTP/1.1 connections, so a burst of lookups opens no new
+    TCP connection (and meets no per-address connection limit of the authority)."""
+
+    fallback = "serving its last answers"
+
+    def __init__(self, url: str, cap: float = DEFAULT_REFRESH,
+                 timeout: float = REMOTE_TIMEOUT) -> None:
+        super().__init__(url, "remote " + url)
+        self.url, self.timeout = url, timeout
+        self.cap = max(1.0, min(60.0, cap))
+        self.backoff = Backoff(initial=1.0, maximum=self.cap)
         self.retry_at = 0.0
-        self.down = False
+        self.round = 0               # back-off steps taken: a call fails its round once
         self.looped = False
+        self.checking = False        # a background call for /healthz is under way
+        self.check: Optional[Callable[[], None]] = None   # makes that call
         self.users: Optional[List[str]] = None      # its last good user list
         self.lock = threading.Lock()
+        self._idle: List[object] = []               # transports with a connection open
+        self._slots = threading.BoundedSemaphore(REMOTE_CONNECTIONS)
 
-    def may_call(self) -> bool:
+    def may_call(self) -> Optional[int]:
+        """The round a call begins in, or None when nobody may call it now."""
         if self.looped:
-            return False
+            return None
         with self.lock:
             now = time.monotonic()
             if now < self.retry_at:
-                return False
+                return None
             if self.down:
-                self.retry_at = now + REMOTE_TIMEOUT * 3      # this caller is the probe
-            return True
+                self.retry_at = now + 3 * self.timeout      # this caller is the probe
+            return self.round
 
-    def failed(self, reason: str) -> None:
+    def failed_call(self, reason: str, round_: int) -> None:
+        """A call begun in `round_` failed: the back-off takes one step per round."""
         with self.lock:
-            delay = self.backoff.next()
-            self.retry_at = time.monotonic() + delay
-            if not self.down:
-                log.warning("remote %s is down (%s); serving its last answers, retrying with "
-                            "back-off", self.url, reason)
-            self.down = True
-            log.debug("remote %s: next try in %.1f s", self.url, delay)
+            if round_ == self.round:
+                self.round += 1
+                delay = self.backoff.next()
+                self.retry_at = time.monotonic() + delay
+                log.debug("remote %s: next try in %.1f s", self.url, delay)
+        self.failed(reason)
 
-    def worked(self) -> None:
+    def answered(self) -> None:
+        if self.retry_at or self.down:
+            with self.lock:
+                self.retry_at = 0.0
+                self.backoff.reset()
+        self.worked()
+
+    def slow_down(self, seconds: float, code: int) -> None:
+        """The remote answered `code` (429 or 503) asking to wait `seconds`."""
+        seconds = min(max(seconds, 0.0), self.cap)
         with self.lock:
-            if self.down:
-                log.info("remote %s is back", self.url)
-            self.down = False
-            self.retry_at = 0.0
-            self.backoff.reset()
+            self.retry_at = max(self.retry_at, time.monotonic() + seconds)
+        with self.state_lock:
+            self.slowdowns += 1
+        log.debug("remote %s answered %d: not calling it for %.1f s", self.url, code, seconds)
+
+    def problem(self) -> Optional[str]:
+        """Upstream.problem(), or the loop found; during an outage it also starts one call
+        in the background (`check`, once the back-off allows), so that /healthz sees the
+        recovery even when no query comes."""
+        if self.looped:
+            return "remote %s leads back to this server" % self.url
+        problem = super().problem()
+        if problem is not None and self.check is not None and not self.checking \
+                and time.monotonic() >= self.retry_at:
+            self.checking = True
+            threading.Thread(target=self.check, name="remote-check", daemon=True).start()
+        return problem
+
+    def transport(self, via: str):
+        """A transport from this remote's pool (its connection kept open between calls), or
+        None when all REMOTE_CONNECTIONS are busy for `timeout` seconds.  release() it."""
+        if not self._slots.acquire(timeout=self.timeout):
+            return None
+        with self.lock:
+            transport = self._idle.pop() if self._idle else None
+        if transport is None:
+            transport = remote_transport_class(self.url.startswith("https:"))(self.timeout,
+                                                                               via)
+        transport.via = via
+        return transport
+
+    def release(self, transport, keep: bool) -> None:
+        """Give a transport back: kept for the next call, or closed (after a failure, its
+        connection may hold half an answer)."""
+        if keep:
+            with self.lock:
+                self._idle.append(transport)
+        else:
+            transport.close()
+        self._slots.release()
+
+    def close(self) -> None:
+        with self.lock:
+            idle, self._idle = self._idle, []
+        for transport in idle:
+            transport.close()
 
 
 class RemoteStore(Store):
     """Statuses from other fingerd servers (or compatible ones) over XML-RPC /RPC2.
 
-    Several remotes are federated: the first that knows a user wins; the user lists are
-    merged.  Every call uses a fresh ServerProxy (they are not thread-safe) with a deadline and
-    a size cap.  Answers, unknown users included, are cached for `refresh` seconds; while a
-    remote is down its last good answers are served.  A remote that leads back to this server
-    (found by the Via chain of instance ids) is disabled with one log line."""
+    Several remotes (authorities) are federated (README: More than one machine): the user
+    lists are merged, and a user's answer comes from the authority that last answered for
+    them (at first, the first in --remote order that knows them).  Answers, unknown users
+    included, are cached for `refresh` seconds.  While an authority is down (Remote), its
+    users keep their last answers, in lookups and in the list alike, and another
+    authority's "No such user" never hides them; a name that only a down authority might
+    know is "temporarily unavailable", not unknown.  Calls go over persistent connections
+    with a deadline and a size cap.  A remote that leads back to this server (found by the
+    Via chain of instance ids) is disabled with one log line."""
 
     name = "xmlrpc"
     writable = False
@@ -1615,113 +2146,180 @@ class RemoteStore(Store):
             parts = urllib.parse.urlsplit(url)
             if parts.scheme not in ("http", "https") or not parts.hostname:
                 raise StartupError("--remote %s: expected an http:// or https:// URL" % url)
-        self.remotes = [Remote(url) for url in urls]
+        self.remotes = [Remote(url, refresh, timeout) for url in urls]
+        for remote in self.remotes:
+            remote.check = functools.partial(self._check, remote)
         self.refresh_seconds, self.timeout = refresh, timeout
-        self._answers: Dict[str, Tuple[float, Optional[Status]]] = {}
+        self._known: Dict[str, Tuple[float, Status, Remote]] = {}   # when, status, authority
+        self._unknown: Dict[str, float] = {}     # when no authority knew the name
         self._users: Tuple[float, List[str]] = (-1e9, [])
+
+    def upstreams(self) -> List[Upstream]:
+        return list(self.remotes)
+
+    def _check(self, remote: Remote) -> None:
+        """One call to a remote that is out, in the background (Remote.problem())."""
+        try:
+            answer = self._call(remote, "getUsers")
+            if isinstance(answer, list):
+                remote.users = [n for n in answer if isinstance(n, str) and valid_name(n)]
+        except (StoreUnavailable, AnswerTooLarge):
+            pass
+        finally:
+            remote.checking = False
 
     def _call(self, remote: Remote, method: str, *args):
         """One call; StoreUnavailable when the remote cannot answer now, AnswerTooLarge
         when its answer is over REMOTE_MAX_RESPONSE."""
-        if not remote.may_call():
+        round_ = remote.may_call()
+        if round_ is None:
             raise StoreUnavailable("remote %s is not answering" % remote.url)
         import xmlrpc.client
         chain = getattr(_request_context, "via", "")
         via = (chain + ", " if chain else "") + "fingerd/" + self.instance_id
-        transport = remote_transport_class(remote.url.startswith("https:"))(self.timeout, via)
-        proxy = xmlrpc.client.ServerProxy(remote.url, transport=transport)
+        transport = remote.transport(via)
+        if transport is None:
+            raise StoreUnavailable("remote %s: all %d connections busy"
+                                   % (remote.url, REMOTE_CONNECTIONS))
+        keep = False
         try:
-            result = getattr(proxy, method)(*args)
+            result = getattr(xmlrpc.client.ServerProxy(remote.url, transport=transport),
+                             method)(*args)
+            keep = True
         except xmlrpc.client.Fault as e:
+            keep = True
             if "request loop" in str(e.faultString):
                 remote.looped = True
                 log.error("remote %s leads back to this server; it is not used", remote.url)
                 raise StoreUnavailable("remote loop")
-            remote.worked()                        # it answered, with a fault
+            remote.answered()                      # it answered, with a fault
             raise StoreUnavailable("remote fault: %s" % clean_line(str(e.faultString))[:200])
         except AnswerTooLarge:
-            remote.worked()                        # it answered: ask for less
+            remote.answered()                      # it answered: ask for less
             raise
+        except xmlrpc.client.ProtocolError as e:
+            fields = {str(k).lower(): v for k, v in (e.headers or {}).items()}
+            wait = retry_after(fields.get("retry-after"))
+            if e.errcode == 429 or (e.errcode == 503 and wait is not None):
+                remote.slow_down(1.0 if wait is None else wait, e.errcode)
+                raise StoreUnavailable("remote %s asks to slow down" % remote.url)
+            remote.failed_call("HTTP %d %s" % (e.errcode, clean_line(str(e.errmsg))[:100]),
+                               round_)
+            raise StoreUnavailable("remote %s failed" % remote.url)
         except (OSError, xmlrpc.client.Error, http.client.HTTPException, ValueError,
                 TypeError, AttributeError) as e:
-            remote.failed(clean_line(str(e))[:200] or type(e).__name__)
+            remote.failed_call(clean_line(str(e))[:200] or type(e).__name__, round_)
             raise StoreUnavailable("remote %s failed" % remote.url)
         except Exception as e:                     # malformed XML and other garbage
-            remote.failed("bad answer: %s" % type(e).__name__)
+            remote.failed_call("bad answer: %s" % type(e).__name__, round_)
             raise StoreUnavailable("remote %s answered garbage" % remote.url)
-        remote.worked()
+        finally:
+            remote.release(transport, keep)
+        remote.answered()
         return result
 
-    def _remember(self, user: str, status: Optional[Status]) -> None:
+    def _remember(self, user: str, status: Optional[Status], remote: Optional[Remote]) -> None:
+        now = time.monotonic()
         with self.lock:
-            if len(self._answers) > 10000:     # unknown names must not grow it forever
-                self._answers.clear()
-            self._answers[user] = (time.monotonic(), status)
+            if status is None:
+                self._known.pop(user, None)
+                if len(self._unknown) > 10000:    # unknown names must not grow it forever
+                    self._unknown.clear()
+                self._unknown[user] = now
+                return
+            self._unknown.pop(user, None)
+            if len(self._known) > 100000:
+                listed = set(self._users[1])
+                self._known = {k: v for k, v in self._known.items() if k in listed}
+            self._known[user] = (now, status, remote)
+
+    def _might_know(self, remote: Remote, user: str) -> bool:
+        return remote.users is None or user in remote.users
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         if not valid_name(user):
             return None
+        now = time.monotonic()
         with self.lock:
-            cached = self._answers.get(user)
-        if cached and time.monotonic() - cached[0] < self.refresh_seconds:
-            return cached[1]
-        answered = False
-        for remote in self.remotes:
+            known = self._known.get(user)
+            unknown_at = self._unknown.get(user)
+        if known is not None and now - known[0] < self.refresh_seconds:
+            return known[1]
+        if known is None and unknown_at is not None and \
+                now - unknown_at < self.refresh_seconds:
+            return None
+        authority = known[2] if known is not None else None
+        order = self.remotes if authority is None else \
+            [authority] + [r for r in self.remotes if r is not authority]
+        unsure, answered = False, False
+        for remote in order:
             try:
                 text = self._call(remote, "getUser", user)
             except AnswerTooLarge:
                 log.warning("remote %s: the status of %s is over %d bytes; left out",
                             remote.url, user, REMOTE_MAX_RESPONSE)
+                unsure = True
                 continue
             except StoreUnavailable:
+                if remote is authority:
+                    return known[1]        # its authority is out: its last answer, stale
+                unsure = unsure or self._might_know(remote, user)
                 continue
             answered = True
             if isinstance(text, str) and text.strip() not in ("", NO_SUCH_USER):
                 status = Status(clean_text(text))
-                self._remember(user, status)
+                self._remember(user, status, remote)
                 return status
-        if answered:
-            self._remember(user, None)
-            return None
-        if cached:
-            return cached[1]                       # stale, but the last good answer
-        raise StoreUnavailable("no remote answered")
+        if unsure or not answered:
+            raise StoreUnavailable("no authority that answered knows %s" % user)
+        self._remember(user, None, None)
+        return None
 
     def users(self) -> List[str]:
         stamp, names = self._users
         if time.monotonic() - stamp < self.refresh_seconds:
             return names
-        merged = set()
+        merged, complete = set(), True
         for remote in self.remotes:
             try:
                 answer = self._call(remote, "getUsers")
                 if isinstance(answer, list):
                     remote.users = [n for n in answer if isinstance(n, str) and valid_name(n)]
             except StoreUnavailable:
-                pass
+                complete = False           # its last good list stands
             merged.update(remote.users or ())
+        if any(remote.users is None for remote in self.remotes):
+            with self.lock:        # never listed (down since start-up): whom it answered for
+                merged.update(name for name, (_, _, authority) in self._known.items()
+                              if authority is not None and authority.users is None)
         names = sorted(merged)
         with self.lock:
             if names != self._users[1]:
                 self._changed()
-            self._users = (time.monotonic(), names)
+            # Incomplete: asked again at the next call (calls to a remote that is down
+            # wait for its back-off), so a recovered authority's list shows at once.
+            self._users = (time.monotonic() if complete else stamp, names)
         return names
 
     def items(self) -> List[Tuple[str, Status]]:
-        """The merged list with statuses, asked with system.multicall (not once per user)."""
+        """The merged list with statuses, asked with system.multicall (not once per user);
+        a user whose authority does not answer keeps their last status."""
         names = self.users()
         now = time.monotonic()
         found: Dict[str, Optional[Status]] = {}
         with self.lock:
-            for name in names:
-                cached = self._answers.get(name)
-                if cached and now - cached[0] < self.refresh_seconds:
-                    found[name] = cached[1]
+            known = {name: self._known.get(name) for name in names}
+        for name, entry in known.items():
+            if entry is not None and now - entry[0] < self.refresh_seconds:
+                found[name] = entry[1]
         for remote in self.remotes:
             wanted = [n for n in (remote.users or ()) if found.get(n) is None]
             for start in range(0, len(wanted), REMOTE_BATCH):
                 if not self._fetch(remote, wanted[start:start + REMOTE_BATCH], found):
                     break
+        for name, entry in known.items():
+            if found.get(name) is None and entry is not None:
+                found[name] = entry[1]             # stale: its authority did not answer
         return [(name, found[name]) for name in names if found.get(name) is not None]
 
     def _fetch(self, remote: Remote, batch: List[str],
@@ -1745,8 +2343,12 @@ class RemoteStore(Store):
             if isinstance(result, list) and result and isinstance(result[0], str) \
                     and result[0].strip() not in ("", NO_SUCH_USER):
                 found[name] = Status(clean_text(result[0]))
-                self._remember(name, found[name])
+                self._remember(name, found[name], remote)
         return True
+
+    def close(self) -> None:
+        for remote in self.remotes:
+            remote.close()
 
 
 BACKENDS = {"sqlite": SQLiteStore, "memory": MemoryStore, "file": FileStore, "pwd": PlanStore,
@@ -1773,12 +2375,14 @@ def open_store(args: argparse.Namespace) -> Store:
             raise StartupError("--backend file needs --users-file PATH")
         return FileStore(args.users_file, args.refresh)
     if args.backend == "pwd":
-        return PlanStore(args.refresh)
+        return PlanStore(args.refresh, uids=args.uid_range, timeout=args.lookup_timeout,
+                         homes=default_homes() if args.homes is None else args.homes)
     if args.backend == "process":
         if frozenset(args.show) != frozenset(ATOMS):
             raise StartupError("--show cannot apply to --backend process: its statuses are "
                                "the finger program's whole output, not separate atoms")
-        return ProcessStore(args.finger_program, args.refresh)
+        return ProcessStore(args.finger_program, args.refresh, uids=args.uid_range,
+                            lookup_timeout=args.lookup_timeout)
     if args.backend == "xmlrpc":
         return RemoteStore(args.remote, args.refresh)
     raise StartupError("backend %r is not available" % args.backend)
@@ -1880,6 +2484,10 @@ class Monitor:
         problem = self.store.problem() if self.store is not None else None
         if problem:
             return False, problem
+        for upstream in self.store.upstreams() if self.store is not None else ():
+            problem = upstream.problem()       # an outage: served as last known, not fatal
+            if problem:
+                return False, problem + "; " + upstream.fallback
         bot = self.bot
         if bot is not None and not bot.running:
             return False, "the IRC bot's thread is not running"
@@ -1940,6 +2548,20 @@ class Monitor:
             out.append('fingerd_backend_seconds_bucket{le="%s"} %s' % (bound, float(running)))
         out.append("fingerd_backend_seconds_sum %r" % float(total))
         out.append("fingerd_backend_seconds_count %r" % float(running))
+        upstreams = self.store.upstreams() if self.store is not None else []
+        family("fingerd_upstream_up", "gauge",
+               "1 while what the backend asks (the name service, a remote authority) "
+               "answers, 0 during an outage.",
+               [((("upstream", u.label),), 0 if u.down else 1) for u in upstreams])
+        family("fingerd_upstream_outages_total", "counter",
+               "Outages begun (first failure after an answer), by upstream.",
+               [((("upstream", u.label),), u.outages) for u in upstreams])
+        family("fingerd_upstream_failures_total", "counter",
+               "Calls that failed or missed their deadline, by upstream.",
+               [((("upstream", u.label),), u.failures) for u in upstreams])
+        family("fingerd_upstream_slowdowns_total", "counter",
+               "Answers asking to slow down (429, 503 with Retry-After), by upstream.",
+               [((("upstream", u.label),), u.slowdowns) for u in upstreams])
         family("fingerd_open_connections", "gauge", "Connections open, by listener.",
                [((("listener", s.label),), s.open_connections) for s in self.servers])
         family("fingerd_worker_threads", "gauge", "Worker threads started, by listener.",
@@ -2999,7 +3621,7 @@ def answer_finger(store: Store, line: str, privacy: Privacy = PUBLIC) -> bytes:
     try:
         return finger_reply(store, parse_query(line), privacy).encode("utf-8")
     except StoreUnavailable as e:
-        log.warning("finger: %s", e)
+        log.debug("finger: %s", e)       # the outage itself is logged once
         return (UNAVAILABLE + "\r\n").encode()
 
 
@@ -3679,7 +4301,7 @@ def rpc_dispatcher(store_of: Callable[[], Store], privacy: Privacy = PUBLIC):
             except Fault:
                 raise
             except StoreUnavailable as e:
-                log.warning("xmlrpc: %s", e)
+                log.debug("xmlrpc: %s", e)
                 raise Fault(1, UNAVAILABLE)
             except Exception:
                 FAULTS.report("xmlrpc", "in %s", method.__name__)
@@ -3922,7 +4544,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             try:
                 self.route()
             except StoreUnavailable as e:
-                log.warning("http: %s", e)
+                log.debug("http: %s", e)
                 self.fail(503, "The status service is unavailable right now; try again later.",
                           extra="Retry-After: 30\r\n")
             finally:
@@ -4861,7 +5483,7 @@ class IRCBot:
             return irc_reply(user, self.privacy.release(self.store.get(user)),
                              irc_room("PRIVMSG", to), page)
         except StoreUnavailable as e:
-            log.warning("irc: %s", e)
+            log.debug("irc: %s", e)
             return [UNAVAILABLE]
         except Exception:
             FAULTS.report("irc", "answering for %r", user)
@@ -5019,8 +5641,12 @@ def preload(args: argparse.Namespace, serving: bool = True) -> None:
     for codec in ("cp1252", "utf-16", "idna", "punycode"):
         codecs.lookup(codec)
     time.strptime("2026", "%Y")     # loads _strptime (XML-RPC dateTime, HTTP dates)
-    if serving:
-        from concurrent.futures import ThreadPoolExecutor  # noqa: F401  (workers)
+    if serving or args.backend in ("pwd", "process"):
+        from concurrent.futures import ThreadPoolExecutor  # noqa: F401  (workers, lookups)
+    if args.backend == "pwd":
+        import glob  # noqa: F401  (--homes)
+    if args.backend in ("pwd", "process"):
+        libc_passwd()                      # loads ctypes
     if serving and args.http and args.http != "off" or args.backend == "xmlrpc":
         import gzip  # noqa: F401
         import xml.parsers.expat  # noqa: F401
@@ -5431,6 +6057,14 @@ def non_negative_int(spec: str) -> int:
     return int(spec)
 
 
+def uid_range_arg(spec: str) -> Tuple[int, int]:
+    low, dash, high = spec.partition("-")
+    if not (dash and low.isdigit() and high.isdigit() and int(low) <= int(high) < 2 ** 32):
+        raise argparse.ArgumentTypeError("expected MIN-MAX, two uids, e.g. 1000-60000; got %r"
+                                         % spec)
+    return int(low), int(high)
+
+
 def non_negative_float(spec: str) -> float:
     try:
         value = float(spec)
@@ -5577,13 +6211,30 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the process backend's program, run as PATH -- USER "
                             "(default: finger)")
     store.add_argument("--remote", metavar="URL", action="append", default=[],
-                       help="the xmlrpc backend's servers, e.g. http://host:8000/RPC2 "
-                            "(repeatable: the first that knows a user answers)")
+                       help="the xmlrpc backend's authorities, e.g. "
+                            "http://host:8000/RPC2 (repeatable: the lists are merged; a user's "
+                            "answer comes from the first that knows them, and stays with it "
+                            "while it is down)")
     store.add_argument("--refresh", metavar="SECONDS", type=positive_float,
                        default=DEFAULT_REFRESH,
                        help="how often the file backend checks its file, the pwd backend "
                             "re-lists accounts, and the process and xmlrpc backends' answers "
                             "are kept (default: %g)" % DEFAULT_REFRESH)
+    store.add_argument("--homes", metavar="GLOB",
+                       help="pwd: the home directories whose .plan owners the list also "
+                            "holds, for directories (SSSD, LDAP) that do not enumerate their "
+                            "accounts; '' for none (default: HOME of /etc/default/useradd "
+                            "+ '/*': %s)" % default_homes())
+    store.add_argument("--uid-range", metavar="MIN-MAX", type=uid_range_arg,
+                       help="pwd, process: the uids of people's accounts, shown with or "
+                            "without a plan; others only with one (default: UID_MIN-UID_MAX "
+                            "of /etc/login.defs: %d-%d; FreeIPA: e.g. 1000-2000000000)"
+                            % uid_range())
+    store.add_argument("--lookup-timeout", metavar="SECONDS", type=positive_float,
+                       default=LOOKUP_TIMEOUT,
+                       help="pwd, process: the deadline of one account lookup in the name "
+                            "service (LDAP, SSSD); then 'temporarily unavailable' "
+                            "(default: %g)" % LOOKUP_TIMEOUT)
     net = parser.add_argument_group("listeners")
     net.add_argument("--finger", metavar="[HOST:]PORT|off", type=endpoint_arg(),
                      default=parse_endpoint(DEFAULT_FINGER),

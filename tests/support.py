@@ -174,7 +174,8 @@ class Daemon:
     """fingerd as a subprocess on port 0, its ports read from its log; stopped at cleanup."""
 
     def __init__(self, test: unittest.TestCase, *args, env=None, cwd=None,
-                 ready: str = "serving with"):
+                 ready: str = "serving with", prefix=()):
+        """`prefix`: what runs the command (nsenter into a namespace, ip netns exec)."""
         self.args = list(args)
         defaults = {"--finger": "127.0.0.1:0", "--setter": "127.0.0.1:0", "--http": "off"}
         for flag, value in defaults.items():
@@ -182,7 +183,8 @@ class Daemon:
                 self.args += [flag, value]
         full_env = dict(os.environ)
         full_env.update(env or {})
-        self.proc = subprocess.Popen(command(*self.args), stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(list(prefix) + command(*self.args),
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
                                      cwd=cwd)
         self.lines = []

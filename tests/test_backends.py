@@ -460,7 +460,7 @@ class RemoteStoreTest(unittest.TestCase):
             for _ in range(20):
                 self.assertEqual(store.get("alice").text, "Happy and well")
             self.assertEqual(store.users(), ["alice"])
-        downs = [line for line in logs.output if "is down" in line]
+        downs = [line for line in logs.output if "does not answer" in line]
         self.assertEqual(len(downs), 1, logs.output)     # logged once
         with self.assertRaises(fingerd.StoreUnavailable):
             store.get("newcomer")                        # nothing to fall back on
