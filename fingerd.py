@@ -1432,9 +1432,11 @@ class NameService(Upstream):
 
     # Enumeration ----------------------------------------------------------------------------
 
-    def enumerate(self) -> List[object]:
+    def enumerate(self, timeout: Optional[float] = None) -> List[object]:
         """Every account NSS lists (local ones and, where the directory allows enumeration,
-        the directory's), within ENUMERATION_TIMEOUT; StoreUnavailable when it cannot."""
+        the directory's), within `timeout` seconds (ENUMERATION_TIMEOUT); StoreUnavailable
+        when it cannot."""
+        timeout = ENUMERATION_TIMEOUT if timeout is None else timeout
         if not self.real:                            # an injected accounts module
             result: List[object] = []
 
@@ -1442,9 +1444,9 @@ class NameService(Upstream):
                 result.extend(self.accounts.getpwall())
             thread = threading.Thread(target=run, name="nss-enumerate", daemon=True)
             thread.start()
-            thread.join(ENUMERATION_TIMEOUT)
+            thread.join(timeout)
             if thread.is_alive():
-                self.failed("listing the accounts took over %g s" % ENUMERATION_TIMEOUT)
+                self.failed("listing the accounts took over %g s" % timeout)
                 raise StoreUnavailable("the name service does not answer")
             return result
         getent = shutil.which("getent")
@@ -1454,10 +1456,10 @@ class NameService(Upstream):
             "    sys.stdout.buffer.write(os.fsencode(':'.join(map(str, p))) + b'\\n')"]
         try:
             done = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, timeout=ENUMERATION_TIMEOUT,
+                                  stderr=subprocess.DEVNULL, timeout=timeout,
                                   close_fds=True)
         except subprocess.TimeoutExpired:
-            self.failed("listing the accounts took over %g s" % ENUMERATION_TIMEOUT)
+            self.failed("listing the accounts took over %g s" % timeout)
             raise StoreUnavailable("the name service does not answer")
         except OSError as e:
             raise StoreUnavailable("cannot run %s: %s" % (argv[0], e.strerror or e))
@@ -1610,8 +1612,13 @@ class PlanStore(Store):
         self.accounts = self.policy.accounts
         self.homes = homes
         self._listed: List[str] = []
-        self.refresh()
+        # Start-up waits at most a few lookups' time for the list: a directory that is down
+        # then must not hold up start-up (systemd's start timeout); the next refresh, in the
+        # background, waits for as long as a big directory needs.
+        complete = self.refresh(enumeration_timeout=4 * self.names.timeout)
         self._refresher = Refresher(self.refresh, refresh, "pwd-refresh")
+        if not complete:
+            self._refresher.soon(1.0)
 
     def upstreams(self) -> List[Upstream]:
         return [self.names]
@@ -1678,20 +1685,22 @@ class PlanStore(Store):
             if stat.S_ISREG(st.st_mode):
                 yield os.path.basename(home.rstrip("/")), st.st_uid
 
-    def refresh(self) -> None:
+    def refresh(self, enumeration_timeout: Optional[float] = None) -> bool:
         """Re-list the accounts that publish a .plan this process can read: enumeration,
         the owners of .plan files under `homes`, and the accounts listed before; a name is
-        dropped only when a lookup says the account is gone or does not publish."""
+        dropped only when a lookup says the account is gone or does not publish.  False
+        when the name service could not answer all of it."""
         names = self.names
         found: Dict[str, object] = {}
         unsure: set = set()                 # could not be confirmed: the directory is out
+        enumerated = True
         try:
-            for pw in names.enumerate():
+            for pw in names.enumerate(enumeration_timeout):
                 if valid_name(pw.pw_name):
                     found.setdefault(pw.pw_name, pw)
                     names.remember(pw)
         except StoreUnavailable:
-            pass
+            enumerated = False
         for home_name, uid in self._plan_owners():
             if home_name in found and found[home_name].pw_uid == uid:
                 continue
@@ -1723,6 +1732,7 @@ class PlanStore(Store):
             if sorted(listed) != self._listed:
                 self._listed = sorted(listed)
                 self._changed()
+        return enumerated and not unsure
 
     def close(self) -> None:
         self._refresher.stop()
@@ -5839,6 +5849,7 @@ class Daemon:
         self.bot: Optional[IRCBot] = None
         self.monitor = Monitor()
         self._restarts: Dict[str, List[float]] = {}     # label -> monotonic restart times
+        self._reloading: Optional[threading.Thread] = None
 
     def start(self) -> None:
         args = self.args
@@ -5989,14 +6000,26 @@ class Daemon:
             "; NOT listening: " + "; ".join(missing) if missing else "")
 
     def reload(self) -> None:
-        """SIGHUP: re-read the backend's source now and forget rendered pages."""
+        """SIGHUP: re-read the backend's source now and forget rendered pages.  A backend
+        whose reads may wait (a directory, remotes) is re-read on a thread of its own, one
+        at a time, so that this loop (signals, the watchdog) never waits on it."""
         log.info("SIGHUP: re-reading the %s backend", self.store.name)
-        try:
-            self.store.refresh()
-        except FingerdError as e:
-            log.warning("reload: %s", e)
-        with self.store.lock:
-            self.store._changed()          # caches keyed on the version start afresh
+        store = self.store
+
+        def refresh() -> None:
+            try:
+                store.refresh()
+            except FingerdError as e:
+                log.warning("reload: %s", e)
+            except Exception:
+                FAULTS.report("reload", "while re-reading the %s backend", store.name)
+            with store.lock:
+                store._changed()           # caches keyed on the version start afresh
+        if not store.blocking:
+            refresh()
+        elif self._reloading is None or not self._reloading.is_alive():
+            self._reloading = threading.Thread(target=refresh, name="reload", daemon=True)
+            self._reloading.start()
 
     def stop(self) -> None:
         if self.bot is not None:

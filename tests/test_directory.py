@@ -127,6 +127,19 @@ class ListWithoutEnumerationTest(DirectoryTestCase):
         self.account("grace", "renamed home\n", home=os.path.join(self.homes, "g.hopper"))
         self.assertEqual(self.store().users(), ["grace"])
 
+    def test_start_up_does_not_wait_for_a_hung_directory(self):
+        self.nss.enumerate = True
+        self.account("local1", "local plan\n", local=True)
+        self.account("dana", "directory plan\n")
+        self.nss.hang()
+        start = time.monotonic()
+        with self.assertLogs("fingerd", logging.WARNING):
+            store = self.store(timeout=0.2)
+        self.assertLess(time.monotonic() - start, 2.0)       # 4 lookups' time, not 20 s
+        self.assertEqual(store.users(), ["local1"])          # what could be confirmed
+        self.nss.resume()
+        self.assertTrue(wait_for(lambda: store.users() == ["dana", "local1"], 5))
+
     def test_homes_off(self):
         self.account("dana", "directory plan\n")
         store = self.store(homes="")

@@ -9,6 +9,7 @@ measured are printed, for the notes; the bound asserted is a freeze's, not a ben
 """
 import concurrent.futures
 import os
+import signal
 import sys
 import threading
 import time
@@ -114,6 +115,7 @@ class DirectoryAccountsTest(unittest.TestCase):
         self.assertEqual(query(self.finger, b"dana\r\n"), b"Investigating\r\n")
         self.assertEqual(get(self.http, "/healthz")[0], 200)
         begin()
+        self.daemon.signal(signal.SIGHUP)         # re-read now: on a thread, never the loop
         latencies, answers = self.probe(5)
         p50 = latencies[len(latencies) // 2]
         p99 = latencies[int(len(latencies) * 0.99) - 1]
@@ -139,6 +141,7 @@ class DirectoryAccountsTest(unittest.TestCase):
         self.assertTrue(wait_for(
             lambda: query(self.finger, b"unknownname\r\n") == b"No such user\r\n", 15))
         log = self.daemon.log
+        self.assertIn("SIGHUP", log)
         self.assertEqual(log.count("does not answer"), 1, log)
         self.assertEqual(log.count("answers again"), 1, log)
 
