@@ -2044,6 +2044,7 @@ class Remote(Upstream):
         self.checking = False        # a background call for /healthz is under way
         self.check: Optional[Callable[[], None]] = None   # makes that call
         self.users: Optional[List[str]] = None      # its last good user list
+        self.listed_at = -1e9                       # when (time.monotonic()) it was asked
         self.lock = threading.Lock()
         self._idle: List[object] = []               # transports with a connection open
         self._slots = threading.BoundedSemaphore(REMOTE_CONNECTIONS)
@@ -2173,6 +2174,7 @@ class RemoteStore(Store):
             answer = self._call(remote, "getUsers")
             if isinstance(answer, list):
                 remote.users = [n for n in answer if isinstance(n, str) and valid_name(n)]
+            remote.listed_at = time.monotonic()
         except (StoreUnavailable, AnswerTooLarge):
             pass
         finally:
@@ -2286,17 +2288,25 @@ class RemoteStore(Store):
         return None
 
     def users(self) -> List[str]:
-        stamp, names = self._users
-        if time.monotonic() - stamp < self.refresh_seconds:
+        """The merged lists.  Each authority's list is asked again once it is `refresh`
+        seconds old; one that could not be asked is asked at the next call (calls to a
+        remote that is down wait for its back-off), so a recovered authority's list shows
+        at once, and the others are not asked more often meanwhile."""
+        names = self._users[1]
+        now = time.monotonic()
+        if all(now - remote.listed_at < self.refresh_seconds for remote in self.remotes):
             return names
-        merged, complete = set(), True
+        merged = set()
         for remote in self.remotes:
-            try:
-                answer = self._call(remote, "getUsers")
-                if isinstance(answer, list):
-                    remote.users = [n for n in answer if isinstance(n, str) and valid_name(n)]
-            except StoreUnavailable:
-                complete = False           # its last good list stands
+            if now - remote.listed_at >= self.refresh_seconds:
+                try:
+                    answer = self._call(remote, "getUsers")
+                    if isinstance(answer, list):
+                        remote.users = [n for n in answer
+                                        if isinstance(n, str) and valid_name(n)]
+                    remote.listed_at = time.monotonic()
+                except StoreUnavailable:
+                    pass                   # its last good list stands
             merged.update(remote.users or ())
         if any(remote.users is None for remote in self.remotes):
             with self.lock:        # never listed (down since start-up): whom it answered for
@@ -2306,9 +2316,7 @@ class RemoteStore(Store):
         with self.lock:
             if names != self._users[1]:
                 self._changed()
-            # Incomplete: asked again at the next call (calls to a remote that is down
-            # wait for its back-off), so a recovered authority's list shows at once.
-            self._users = (time.monotonic() if complete else stamp, names)
+            self._users = (now, names)
         return names
 
     def items(self) -> List[Tuple[str, Status]]:

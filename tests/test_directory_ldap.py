@@ -135,7 +135,7 @@ class DirectoryAccountsTest(unittest.TestCase):
         self.assertIn('fingerd_upstream_up{upstream="nss"} 0.0', metrics)
         end()
         recovered = time.monotonic()
-        self.assertTrue(wait_for(lambda: get(self.http, "/healthz")[0] == 200, 30),
+        self.assertTrue(wait_for(lambda: get(self.http, "/healthz")[0] == 200, 60),
                         self.daemon.log)
         report("slapd %s: /healthz 200 again %.1f s after" % (what, time.monotonic() - recovered))
         self.assertTrue(wait_for(

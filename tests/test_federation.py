@@ -135,6 +135,24 @@ class BackoffTest(unittest.TestCase):
         self.assertLess(remote.retry_at - time.monotonic(), 2.0)
         self.assertEqual(remote.outages, 1)
 
+    def test_a_down_authority_does_not_multiply_calls_to_the_others(self):
+        store = fingerd.MemoryStore()
+        store._data = {"alice": fingerd.Status("A", 1.0)}
+        server = serve(self, fingerd.WebServer(("127.0.0.1", 0), store))
+        server.instance_id = "live"
+        calls = []
+        dispatcher = server.rpc()
+        real = dispatcher._marshaled_dispatch
+        dispatcher._marshaled_dispatch = lambda data, *a: calls.append(data) or real(data, *a)
+        front = fingerd.RemoteStore(["http://127.0.0.1:%d/RPC2" % server.port,
+                                     "http://127.0.0.1:%d/RPC2" % free_port()],
+                                    refresh=30, timeout=1)
+        self.addCleanup(front.close)
+        for _ in range(20):
+            self.assertEqual(front.users(), ["alice"])
+            self.assertEqual([name for name, _ in front.items()], ["alice"])
+        self.assertEqual(sum(b"getUsers" in data for data in calls), 1)
+
     def test_the_back_off_never_exceeds_refresh(self):
         store = fingerd.RemoteStore(["http://127.0.0.1:%d/RPC2" % free_port()],
                                     refresh=2, timeout=1)
