@@ -3855,21 +3855,26 @@ def peer_credentials(sock: socket.socket) -> Tuple[int, int, int]:
     return struct.unpack("3i", creds)
 
 
+_system_names: Optional[NameService] = None
+
+
+def system_names() -> NameService:
+    """The system's name service, with its deadline, made once (the setter socket's)."""
+    global _system_names
+    if _system_names is None:
+        _system_names = NameService()
+    return _system_names
+
+
 def account_name(uid: int) -> Optional[str]:
-    import pwd
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
+    """The login name of `uid`, or None; StoreUnavailable when the directory is out."""
+    pw = system_names().getpwuid(uid)
+    return None if pw is None else pw.pw_name
 
 
 def account_exists(name: str) -> bool:
-    import pwd
-    try:
-        pwd.getpwnam(name)
-        return True
-    except (KeyError, ValueError):
-        return False
+    """True when `name` is an account; StoreUnavailable when the directory is out."""
+    return system_names().getpwnam(name) is not None
 
 
 class UnixSetterHandler(SetterHandler):
@@ -3908,7 +3913,7 @@ class UnixSetterServer(SetterServer):
         PooledTCPServer.__init__(self, path, UnixSetterHandler, sock=sock)
         self.store = store
         self.allow = []
-        self.inline = not store.blocking
+        self.inline = False      # who is calling is an account lookup: a directory may wait
 
     def server_bind(self) -> None:
         path = self.server_address
@@ -5931,7 +5936,8 @@ class Daemon:
         self.monitor.servers = self.servers
         for server in self.servers:
             server.store = self.store
-            server.inline = not raw_store.blocking
+            server.inline = not raw_store.blocking and not isinstance(server,
+                                                                      UnixSetterServer)
             server.log_queries = args.log_queries
             server.metrics = self.monitor.metrics
             if isinstance(server, WebServer):

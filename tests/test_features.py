@@ -9,6 +9,7 @@ import pwd
 import re
 import signal
 import socket
+import threading
 import sqlite3
 import subprocess
 import time
@@ -40,6 +41,33 @@ class UnixSetterTest(unittest.TestCase):
         server.account_exists = lambda name: name in ("alice", me)
         self.server = serve(self, server)
         self.me = me
+
+    def test_a_hung_directory_holds_up_only_its_own_caller(self):
+        # Who is calling is an account lookup (a directory user's uid): it runs on a
+        # worker with the name service's deadline, never on the listener's loop.
+        gate, first = threading.Event(), threading.Event()
+        me, name_of = self.me, self.server.name_of
+
+        def slow_name_of(uid):
+            if not first.is_set():
+                first.set()
+                gate.wait(10)                  # the directory hangs for this caller
+                raise fingerd.StoreUnavailable("the name service does not answer")
+            return name_of(uid)
+        self.server.name_of = slow_name_of
+        self.addCleanup(gate.set)
+        waiting = threading.Thread(target=lambda: self.answers.append(
+            unix_request(self.path, b"First\n")))
+        self.answers = []
+        waiting.start()
+        self.assertTrue(first.wait(5))
+        start = time.monotonic()
+        self.assertEqual(unix_request(self.path, b"Second\n"), b"OK\r\n")
+        self.assertLess(time.monotonic() - start, 2.0)
+        gate.set()
+        waiting.join(10)
+        self.assertEqual(self.answers, [b"ERROR the name service does not answer\r\n"])
+        self.assertEqual(self.store.get(me).text, "Second")
 
     def test_socket_is_world_writable_and_removed_at_close(self):
         self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o666)
