@@ -155,6 +155,25 @@ class StoreUnavailable(FingerdError):
     """The backend could not do what was asked (disk full, database locked, ...)."""
 
 
+class RequestLoop(StoreUnavailable):
+    """A remote answered that this request loops through the fingerd `instance` (its id in
+    Via chains): not this one, so the loop is another server's to break; the fault is
+    passed back towards it (loop_fault())."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__("request loop through fingerd/%s" % instance)
+        self.instance = instance
+
+
+def loop_fault(instance: str) -> str:
+    """The fault string of a request that arrived at fingerd `instance` with its own id in
+    Via already: its remotes lead back to it."""
+    return "request loop: fingerd/%s is among its own remotes" % instance
+
+
+_LOOP_FAULT = re.compile(r"request loop: fingerd/([0-9a-zA-Z]+)")
+
+
 class Refusal(enum.Enum):
     """Why the serving loop answers a connection itself instead of (or before) its handler.
 
@@ -1076,7 +1095,8 @@ _request_context = threading.local()  # the Via chain of the HTTP request being 
 
 LOOKUP_TIMEOUT = 2.0                  # seconds one account lookup in the name service may take
 LOOKUP_WORKERS = 4                    # threads asking the name service, for all listeners
-LOOKUP_WAITERS = 8                    # callers waiting on it at once; more are answered at once
+LOOKUP_WAITERS = 8                    # callers waiting on a slow name service; more: at once
+LOOKUP_SLOW = 0.25                    # seconds a lookup may run before the name service is slow
 STALE_ACCOUNTS = 86400.0              # an account found is still served this long in an outage
 ENUMERATION_TIMEOUT = 20.0            # seconds for listing every account (getent passwd)
 ENUMERATION_LIMIT = 64 * 1024 * 1024  # bytes of getent passwd's output read (~500k accounts)
@@ -1207,6 +1227,7 @@ class Upstream:
         self.outages = 0                # outages begun
         self.failures = 0               # calls failed (several per outage)
         self.slowdowns = 0              # answers asking us to slow down (429, 503)
+        self.shed = 0                   # calls answered without asking it (stale, or not)
 
     @property
     def down(self) -> bool:
@@ -1234,8 +1255,9 @@ class Upstream:
         if since is not None:
             log.info("%s answers again, after %.0f s", self.what, time.monotonic() - since)
 
-    def problem(self) -> Optional[str]:
-        """Why it is out, for /healthz, or None."""
+    def problem(self, wait: float = 0.0) -> Optional[str]:
+        """Why it is out, for /healthz, or None.  `wait`: seconds a subclass may wait for
+        a check it starts."""
         since = self.down_since
         if since is None:
             return None
@@ -1248,12 +1270,13 @@ class NameService(Upstream):
 
     Accounts in /etc/passwd are read from the file itself (re-read when it changes), so
     local users never wait on a directory.  Any other name is asked of NSS (pwd.getpwnam,
-    which releases the interpreter lock while LDAP or SSSD answer) on a pool of at most
-    LOOKUP_WORKERS threads, each lookup within `timeout` seconds; at most LOOKUP_WAITERS
-    callers wait at once.  Answers, "no such account" included, are kept `ttl` seconds.
-    A lookup over its deadline begins an outage (Upstream): until a lookup answers in time
-    again, one caller at a time probes, the others get at once the account as last found
-    (for up to STALE_ACCOUNTS seconds) or StoreUnavailable, never a "no such account".
+    or the C library directly: libc_passwd()) on a pool of at most LOOKUP_WORKERS threads,
+    each lookup within `timeout` seconds; once lookups have run LOOKUP_SLOW seconds, at
+    most LOOKUP_WAITERS callers wait at once.  Answers, "no such account" included, are kept
+    `ttl` seconds.  A lookup over its deadline, or one the C library reports as failed,
+    begins an outage (Upstream): until a lookup answers in time again, nobody waits: one
+    lookup at a time probes in the background, and callers get at once the account as last
+    found (for up to STALE_ACCOUNTS seconds) or StoreUnavailable, never "no such account".
 
     enumerate() lists every account NSS gives (`getent passwd` in a subprocess, so a slow
     directory never holds the interpreter lock; within ENUMERATION_TIMEOUT).  `accounts`
@@ -1274,8 +1297,8 @@ class NameService(Upstream):
         self._pending: Dict[object, object] = {}       # key: the Future asking NSS
         self._pool = None
         self._waiters = 0
-        self._probing = False             # a caller is probing during an outage
-        self._checking = False            # a background lookup is (problem())
+        self._pending_since: Dict[object, float] = {}  # key: when its lookup was asked
+        self._check = None                # the lookup probing during an outage
         self.lock = threading.Lock()
 
     # /etc/passwd, read directly ---------------------------------------------------------
@@ -1354,6 +1377,7 @@ class NameService(Upstream):
         late = time.monotonic() - start > self.timeout
         with self.lock:
             self._pending.pop(key, None)
+            self._pending_since.pop(key, None)
             if failure is None and not late:
                 self._keep(key, time.monotonic(), pw)
         if failure is not None:
@@ -1369,20 +1393,13 @@ class NameService(Upstream):
             known = self._known.get(key)
             if known is not None and known[0] > now:
                 return known[2]
-            probe = False
-            if self.down_since is not None:
-                if self._probing:
-                    return self._stale(known, now, "does not answer")
-                probe = self._probing = True
-            elif self._waiters >= LOOKUP_WAITERS:
-                return self._stale(known, now, "is busy")
-            future = self._pending.get(key)
-            if future is None:
-                if self._pool is None:
-                    import concurrent.futures
-                    self._pool = concurrent.futures.ThreadPoolExecutor(
-                        LOOKUP_WORKERS, thread_name_prefix="nss-lookup")
-                future = self._pending[key] = self._pool.submit(self._ask, key)
+            if self.down_since is not None:        # an outage: nobody waits on it
+                self._start_check(key)
+                return self._stale(known, now, "does not answer")
+            if self._waiters >= LOOKUP_WAITERS and self._pending and \
+                    now - min(self._pending_since.values()) > LOOKUP_SLOW:
+                return self._stale(known, now, "is slow")       # the others already wait
+            future = self._submit(key)
             self._waiters += 1
         try:
             import concurrent.futures
@@ -1392,6 +1409,7 @@ class NameService(Upstream):
                 with self.lock:
                     if self._pending.get(key) is future:
                         del self._pending[key]
+                        self._pending_since.pop(key, None)
             self.failed("a lookup took over %g s" % self.timeout)
             return self._stale(known, now, "does not answer")
         except concurrent.futures.CancelledError:   # another caller's deadline passed first
@@ -1402,40 +1420,64 @@ class NameService(Upstream):
         finally:
             with self.lock:
                 self._waiters -= 1
-                if probe:
-                    self._probing = False
 
-    def problem(self) -> Optional[str]:
+    def _submit(self, key):
+        """The lookup of `key` under way, or a new one on the pool (the lock held)."""
+        future = self._pending.get(key)
+        if future is None:
+            if self._pool is None:
+                import concurrent.futures
+                self._pool = concurrent.futures.ThreadPoolExecutor(
+                    LOOKUP_WORKERS, thread_name_prefix="nss-lookup")
+            future = self._pending[key] = self._pool.submit(self._ask, key)
+            self._pending_since[key] = time.monotonic()
+        return future
+
+    def _start_check(self, key) -> None:
+        """During an outage: one lookup at a time in the background (the lock held), whose
+        answer in time ends the outage; callers meanwhile get what was last found."""
+        check = self._check
+        if check is not None and not check.done():
+            return
+        try:
+            self._check = self._submit(key)
+        except RuntimeError:                     # the pool is shut down
+            self._check = None
+
+    def problem(self, wait: float = 0.0) -> Optional[str]:
         """Upstream.problem(); during an outage it also starts a lookup in the background
-        (one at a time), so that /healthz sees the recovery even when no query comes."""
-        problem = super().problem()
-        if problem is not None and not self._checking and self._pool is not None:
-            self._checking = True
-
-            def check() -> None:
-                try:
-                    self._ask("fingerd-healthz-probe")
-                except OSError:
-                    pass                             # still out
-                finally:
-                    self._checking = False
+        (one at a time) and waits up to `wait` seconds for it, so that /healthz sees a
+        recovery at once, even when no query comes."""
+        if self.down_since is None:
+            return None
+        with self.lock:
+            if self._pool is not None:
+                self._start_check("fingerd-healthz-probe")
+            check = self._check
+        if check is not None and wait > 0:
+            import concurrent.futures
             try:
-                self._pool.submit(check)
-            except RuntimeError:                     # the pool is shut down
-                self._checking = False
-        return problem
+                check.result(wait)
+            except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError,
+                    OSError):
+                pass
+        return super().problem()
 
     def _stale(self, known, now: float, why: str):
+        """What was last found (the lock held, or not: a counter may miss one), else
+        StoreUnavailable: a lookup answered without asking the name service."""
+        self.shed += 1
         if known is not None and known[1] > now and known[2] is not None:
             return known[2]
         raise StoreUnavailable("the name service %s" % why)
 
     # Enumeration ----------------------------------------------------------------------------
 
-    def enumerate(self, timeout: Optional[float] = None) -> List[object]:
+    def enumerate(self, timeout: Optional[float] = None, quiet: bool = False) -> List[object]:
         """Every account NSS lists (local ones and, where the directory allows enumeration,
         the directory's), within `timeout` seconds (ENUMERATION_TIMEOUT); StoreUnavailable
-        when it cannot."""
+        when it cannot: an outage, unless `quiet` (a short deadline, at start-up: a big
+        directory may simply need longer)."""
         timeout = ENUMERATION_TIMEOUT if timeout is None else timeout
         if not self.real:                            # an injected accounts module
             result: List[object] = []
@@ -1446,7 +1488,8 @@ class NameService(Upstream):
             thread.start()
             thread.join(timeout)
             if thread.is_alive():
-                self.failed("listing the accounts took over %g s" % timeout)
+                if not quiet:
+                    self.failed("listing the accounts took over %g s" % timeout)
                 raise StoreUnavailable("the name service does not answer")
             return result
         getent = shutil.which("getent")
@@ -1459,7 +1502,8 @@ class NameService(Upstream):
                                   stderr=subprocess.DEVNULL, timeout=timeout,
                                   close_fds=True)
         except subprocess.TimeoutExpired:
-            self.failed("listing the accounts took over %g s" % timeout)
+            if not quiet:
+                self.failed("listing the accounts took over %g s" % timeout)
             raise StoreUnavailable("the name service does not answer")
         except OSError as e:
             raise StoreUnavailable("cannot run %s: %s" % (argv[0], e.strerror or e))
@@ -1612,10 +1656,10 @@ class PlanStore(Store):
         self.accounts = self.policy.accounts
         self.homes = homes
         self._listed: List[str] = []
-        # Start-up waits at most a few lookups' time for the list: a directory that is down
-        # then must not hold up start-up (systemd's start timeout); the next refresh, in the
-        # background, waits for as long as a big directory needs.
-        complete = self.refresh(enumeration_timeout=4 * self.names.timeout)
+        # Start-up waits at most a lookup's time for the enumeration (and one more for the
+        # lookups, should the directory be out): a directory that is down must not hold up
+        # start-up; the next refresh, in the background, waits as long as a big one needs.
+        complete = self.refresh(enumeration_timeout=self.names.timeout, quiet=True)
         self._refresher = Refresher(self.refresh, refresh, "pwd-refresh")
         if not complete:
             self._refresher.soon(1.0)
@@ -1685,7 +1729,8 @@ class PlanStore(Store):
             if stat.S_ISREG(st.st_mode):
                 yield os.path.basename(home.rstrip("/")), st.st_uid
 
-    def refresh(self, enumeration_timeout: Optional[float] = None) -> bool:
+    def refresh(self, enumeration_timeout: Optional[float] = None, quiet: bool = False
+                ) -> bool:
         """Re-list the accounts that publish a .plan this process can read: enumeration,
         the owners of .plan files under `homes`, and the accounts listed before; a name is
         dropped only when a lookup says the account is gone or does not publish.  False
@@ -1695,7 +1740,7 @@ class PlanStore(Store):
         unsure: set = set()                 # could not be confirmed: the directory is out
         enumerated = True
         try:
-            for pw in names.enumerate(enumeration_timeout):
+            for pw in names.enumerate(enumeration_timeout, quiet):
                 if valid_name(pw.pw_name):
                     found.setdefault(pw.pw_name, pw)
                     names.remember(pw)
@@ -2021,7 +2066,8 @@ class Remote(Upstream):
     """One remote authority: its health, its back-off and its connections.
 
     A failure begins an outage (Upstream) and a back-off during which nobody calls it; when
-    the wait is over exactly one caller probes it (no stampede).  The back-off advances once
+    the wait is over one probe runs in the background (no stampede, and no caller waits on
+    a remote that is down: they get its last answers).  The back-off advances once
     per round of calls, not once per call: calls in flight together that fail together
     count once (twelve failures at once are one step, not twelve), and it never exceeds
     `cap` (--refresh), so a recovered authority is noticed within --refresh.  A 429, or a
@@ -2041,16 +2087,19 @@ class Remote(Upstream):
         self.retry_at = 0.0
         self.round = 0               # back-off steps taken: a call fails its round once
         self.looped = False
-        self.checking = False        # a background call for /healthz is under way
-        self.check: Optional[Callable[[], None]] = None   # makes that call
+        self.check: Optional[Callable[[], None]] = None   # the probe during an outage
+        self._checker: Optional[threading.Thread] = None  # the thread running it
         self.users: Optional[List[str]] = None      # its last good user list
         self.listed_at = -1e9                       # when (time.monotonic()) it was asked
         self.lock = threading.Lock()
         self._idle: List[object] = []               # transports with a connection open
         self._slots = threading.BoundedSemaphore(REMOTE_CONNECTIONS)
 
-    def may_call(self) -> Optional[int]:
-        """The round a call begins in, or None when nobody may call it now."""
+    def may_call(self, probe: bool = False) -> Optional[int]:
+        """The round a call begins in, or None when nobody may call it now.  During an
+        outage only the `probe` (check(), in the background, once the back-off allows) may:
+        a caller asking then starts it and gets None, so nobody waits on a remote that is
+        down."""
         if self.looped:
             return None
         with self.lock:
@@ -2058,8 +2107,18 @@ class Remote(Upstream):
             if now < self.retry_at:
                 return None
             if self.down:
-                self.retry_at = now + 3 * self.timeout      # this caller is the probe
+                if not probe:
+                    self._start_check()
+                    return None
+                self.retry_at = now + 3 * self.timeout      # one probe at a time
             return self.round
+
+    def _start_check(self) -> None:
+        """Start check() on a thread of its own, unless one runs (self.lock held)."""
+        if self.check is None or (self._checker is not None and self._checker.is_alive()):
+            return
+        self._checker = threading.Thread(target=self.check, name="remote-check", daemon=True)
+        self._checker.start()
 
     def failed_call(self, reason: str, round_: int) -> None:
         """A call begun in `round_` failed: the back-off takes one step per round."""
@@ -2087,18 +2146,21 @@ class Remote(Upstream):
             self.slowdowns += 1
         log.debug("remote %s answered %d: not calling it for %.1f s", self.url, code, seconds)
 
-    def problem(self) -> Optional[str]:
-        """Upstream.problem(), or the loop found; during an outage it also starts one call
-        in the background (`check`, once the back-off allows), so that /healthz sees the
-        recovery even when no query comes."""
+    def problem(self, wait: float = 0.0) -> Optional[str]:
+        """Upstream.problem(), or the loop found; during an outage it also starts the
+        probe (once the back-off allows) and waits up to `wait` seconds for it, so that
+        /healthz sees a recovery at once, even when no query comes."""
         if self.looped:
             return "remote %s leads back to this server" % self.url
-        problem = super().problem()
-        if problem is not None and self.check is not None and not self.checking \
-                and time.monotonic() >= self.retry_at:
-            self.checking = True
-            threading.Thread(target=self.check, name="remote-check", daemon=True).start()
-        return problem
+        if not self.down:
+            return None
+        with self.lock:
+            if time.monotonic() >= self.retry_at:
+                self._start_check()
+            checker = self._checker
+        if checker is not None and wait > 0:
+            checker.join(wait)
+        return super().problem()
 
     def transport(self, via: str):
         """A transport from this remote's pool (its connection kept open between calls), or
@@ -2169,22 +2231,24 @@ class RemoteStore(Store):
         return list(self.remotes)
 
     def _check(self, remote: Remote) -> None:
-        """One call to a remote that is out, in the background (Remote.problem())."""
+        """The probe of a remote that is out (Remote.may_call()): its list, asked in the
+        background; an answer ends the outage."""
         try:
-            answer = self._call(remote, "getUsers")
+            answer = self._call(remote, "getUsers", probe=True)
             if isinstance(answer, list):
                 remote.users = [n for n in answer if isinstance(n, str) and valid_name(n)]
             remote.listed_at = time.monotonic()
         except (StoreUnavailable, AnswerTooLarge):
             pass
-        finally:
-            remote.checking = False
 
-    def _call(self, remote: Remote, method: str, *args):
+    def _call(self, remote: Remote, method: str, *args, probe: bool = False):
         """One call; StoreUnavailable when the remote cannot answer now, AnswerTooLarge
-        when its answer is over REMOTE_MAX_RESPONSE."""
-        round_ = remote.may_call()
+        when its answer is over REMOTE_MAX_RESPONSE.  `probe`: the one call allowed
+        during an outage."""
+        round_ = remote.may_call(probe)
         if round_ is None:
+            with remote.state_lock:
+                remote.shed += 1
             raise StoreUnavailable("remote %s is not answering" % remote.url)
         import xmlrpc.client
         chain = getattr(_request_context, "via", "")
@@ -2201,6 +2265,10 @@ class RemoteStore(Store):
         except xmlrpc.client.Fault as e:
             keep = True
             if "request loop" in str(e.faultString):
+                looping = _LOOP_FAULT.search(str(e.faultString))
+                remote.answered()
+                if looping and looping.group(1) != self.instance_id:
+                    raise RequestLoop(looping.group(1))    # another's loop, passed on
                 remote.looped = True
                 log.error("remote %s leads back to this server; it is not used", remote.url)
                 raise StoreUnavailable("remote loop")
@@ -2246,7 +2314,9 @@ class RemoteStore(Store):
             self._known[user] = (now, status, remote)
 
     def _might_know(self, remote: Remote, user: str) -> bool:
-        return remote.users is None or user in remote.users
+        """Whether a remote that could not be asked might know `user`: it is on its last
+        list, or it never gave one (a remote leading back here knows nobody)."""
+        return not remote.looped and (remote.users is None or user in remote.users)
 
     def get(self, user: str, verbose: bool = False) -> Optional[Status]:
         if not valid_name(user):
@@ -2263,7 +2333,7 @@ class RemoteStore(Store):
         authority = known[2] if known is not None else None
         order = self.remotes if authority is None else \
             [authority] + [r for r in self.remotes if r is not authority]
-        unsure, answered = False, False
+        unsure, answered, loop = False, False, None
         for remote in order:
             try:
                 text = self._call(remote, "getUser", user)
@@ -2271,6 +2341,9 @@ class RemoteStore(Store):
                 log.warning("remote %s: the status of %s is over %d bytes; left out",
                             remote.url, user, REMOTE_MAX_RESPONSE)
                 unsure = True
+                continue
+            except RequestLoop as e:
+                loop = e
                 continue
             except StoreUnavailable:
                 if remote is authority:
@@ -2282,6 +2355,8 @@ class RemoteStore(Store):
                 status = Status(clean_text(text))
                 self._remember(user, status, remote)
                 return status
+        if loop is not None and not answered:
+            raise loop
         if unsure or not answered:
             raise StoreUnavailable("no authority that answered knows %s" % user)
         self._remember(user, None, None)
@@ -2330,8 +2405,15 @@ class RemoteStore(Store):
         for name, entry in known.items():
             if entry is not None and now - entry[0] < self.refresh_seconds:
                 found[name] = entry[1]
+        def elsewhere(name: str, remote: Remote) -> bool:
+            """The user stays with another authority: down, or still listing them."""
+            entry = known.get(name)
+            owner = entry[2] if entry is not None else None
+            return owner is not None and owner is not remote and (
+                owner.down or owner.users is None or name in owner.users)
         for remote in self.remotes:
-            wanted = [n for n in (remote.users or ()) if found.get(n) is None]
+            wanted = [n for n in (remote.users or ())
+                      if found.get(n) is None and not elsewhere(n, remote)]
             for start in range(0, len(wanted), REMOTE_BATCH):
                 if not self._fetch(remote, wanted[start:start + REMOTE_BATCH], found):
                     break
@@ -2503,7 +2585,7 @@ class Monitor:
         if problem:
             return False, problem
         for upstream in self.store.upstreams() if self.store is not None else ():
-            problem = upstream.problem()       # an outage: served as last known, not fatal
+            problem = upstream.problem(1.0)    # an outage: served as last known, not fatal
             if problem:
                 return False, problem + "; " + upstream.fallback
         bot = self.bot
@@ -2577,6 +2659,10 @@ class Monitor:
         family("fingerd_upstream_failures_total", "counter",
                "Calls that failed or missed their deadline, by upstream.",
                [((("upstream", u.label),), u.failures) for u in upstreams])
+        family("fingerd_upstream_shed_total", "counter",
+               "Calls answered without asking it (as last known, or temporarily "
+               "unavailable): during an outage, or with too many already waiting.",
+               [((("upstream", u.label),), u.shed) for u in upstreams])
         family("fingerd_upstream_slowdowns_total", "counter",
                "Answers asking to slow down (429, 503 with Retry-After), by upstream.",
                [((("upstream", u.label),), u.slowdowns) for u in upstreams])
@@ -4323,6 +4409,8 @@ def rpc_dispatcher(store_of: Callable[[], Store], privacy: Privacy = PUBLIC):
                 return method(*args)
             except Fault:
                 raise
+            except RequestLoop as e:        # passed back, to the server it loops through
+                raise Fault(1, loop_fault(e.instance))
             except StoreUnavailable as e:
                 log.debug("xmlrpc: %s", e)
                 raise Fault(1, UNAVAILABLE)
@@ -4939,7 +5027,7 @@ class WebHandler(BufferedRequestHandler, http.server.BaseHTTPRequestHandler):
             # DTDs bring entity expansion ("billion laughs") and external entities.
             refusal = "DTDs and entities are not accepted"
         elif "fingerd/" + self.server.instance_id in _request_context.via:
-            refusal = "request loop: this fingerd is among its own remotes"
+            refusal = loop_fault(self.server.instance_id)
         if refusal:
             import xmlrpc.client       # with xmlrpc.server, loaded on the first call only
             data = xmlrpc.client.dumps(xmlrpc.client.Fault(1, refusal),
@@ -6250,8 +6338,8 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--remote", metavar="URL", action="append", default=[],
                        help="the xmlrpc backend's authorities, e.g. "
                             "http://host:8000/RPC2 (repeatable: the lists are merged; a user's "
-                            "answer comes from the first that knows them, and stays with it "
-                            "while it is down)")
+                            "answers come from the authority that last answered for them, "
+                            "stale while it is down)")
     store.add_argument("--refresh", metavar="SECONDS", type=positive_float,
                        default=DEFAULT_REFRESH,
                        help="how often the file backend checks its file, the pwd backend "
@@ -6265,7 +6353,7 @@ def build_parser() -> argparse.ArgumentParser:
     store.add_argument("--uid-range", metavar="MIN-MAX", type=uid_range_arg,
                        help="pwd, process: the uids of people's accounts, shown with or "
                             "without a plan; others only with one (default: UID_MIN-UID_MAX "
-                            "of /etc/login.defs: %d-%d; FreeIPA: e.g. 1000-2000000000)"
+                            "of /etc/login.defs: %d-%d; FreeIPA, AD: e.g. 1000-2000200000)"
                             % uid_range())
     store.add_argument("--lookup-timeout", metavar="SECONDS", type=positive_float,
                        default=LOOKUP_TIMEOUT,

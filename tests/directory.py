@@ -23,7 +23,8 @@ What runs, all of it torn down by close() (also at interpreter exit, and when st
 Programs see the directory only when run in the namespace: namespace_command(argv) prefixes
 argv with `nsenter -t HOLDER -m --wd=. --`.  The host's files are never written; the one host
 change is an empty /run/nslcd directory (nslcd's own init script makes it) when the host has
-none, needed as a mount point, and removed again by close().
+none, needed as a mount point; it stays (removing it would unmount the private tmpfs of
+another process's harness).
 
 Children get a parent-death signal (SIGKILL), so a test runner killed outright leaves nothing
 running (its temporary directory is swept by the next start()); the parent is the thread that
@@ -62,9 +63,8 @@ NSS_LIBRARIES = tuple("%s/%slibnss_ldap.so.2" % (top, arch)
 NSLCD_DEFAULTS = {"bind_timelimit": 10, "timelimit": 0, "idle_timelimit": 0,
                   "reconnect_sleeptime": 1, "reconnect_retrytime": 10}
 
-# In the host's /run/nslcd when a harness made it (the mount point for the private tmpfs):
-# close() removes the directory again when it holds nothing else, also after a run that was
-# killed before it could.
+# In the host's /run/nslcd when a harness made it (the mount point for the private tmpfs);
+# the directory stays, empty (see _remove_our_nslcd_run).
 MADE_BY_US = ".made-by-fingerd-tests"
 _live = 0                       # Directory instances of this process that may use it
 
@@ -97,13 +97,9 @@ TMP_PREFIX = "fingerd-directory-"
 
 
 def _remove_our_nslcd_run():
-    """rmdir the host's /run/nslcd if a harness made it and it holds nothing else."""
-    try:
-        if os.listdir(NSLCD_RUN) == [MADE_BY_US]:
-            os.unlink(os.path.join(NSLCD_RUN, MADE_BY_US))
-            os.rmdir(NSLCD_RUN)
-    except OSError:
-        pass
+    """Nothing: the host's /run/nslcd, once a harness made it, stays (empty, as nslcd's own
+    init script leaves it).  Removing it would detach the private tmpfs mounted on it in
+    every other namespace (Linux >= 3.18), breaking a harness another process still runs."""
 
 
 def _sweep_leftovers():

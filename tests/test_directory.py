@@ -129,16 +129,42 @@ class ListWithoutEnumerationTest(DirectoryTestCase):
 
     def test_start_up_does_not_wait_for_a_hung_directory(self):
         self.nss.enumerate = True
-        self.account("local1", "local plan\n", local=True)
+        home = self.account("local1", "local plan\n", local=True)
+        passwd = write_file(os.path.join(self.root, "passwd"),
+                            "local1:x:%d:%d::%s:/bin/sh\n" % (self.uid, self.uid, home))
         self.account("dana", "directory plan\n")
         self.nss.hang()
         start = time.monotonic()
         with self.assertLogs("fingerd", logging.WARNING):
-            store = self.store(timeout=0.2)
-        self.assertLess(time.monotonic() - start, 2.0)       # 4 lookups' time, not 20 s
+            store = fingerd.PlanStore(
+                refresh=3600, uids=(self.uid, self.uid), homes=self.homes + "/*",
+                accounts=fingerd.NameService(self.nss, ttl=3600, timeout=0.2, passwd=passwd))
+            self.addCleanup(store.close)
+        self.assertLess(time.monotonic() - start, 2.0)       # 2 lookups' time, not 20 s
         self.assertEqual(store.users(), ["local1"])          # what could be confirmed
         self.nss.resume()
         self.assertTrue(wait_for(lambda: store.users() == ["dana", "local1"], 5))
+
+    def test_the_list_never_waits_on_a_directory_that_is_out(self):
+        # Found by an outsider: each list rebuilt during an outage looked its names up
+        # again and became the probe, waiting 2-14 s.
+        self.account("dana", "directory plan\n")
+        self.account("erin", "another plan\n")
+        store = self.store(timeout=0.3, ttl=0.05)
+        server = serve(self, fingerd.FingerServer(("127.0.0.1", 0), store))
+        expected = b"dana: directory plan\r\nerin: another plan\r\n"
+        self.assertEqual(query(server.port, b"\r\n"), expected)
+        self.nss.hang()
+        time.sleep(0.1)                                    # every lookup has expired
+        with self.assertLogs("fingerd", logging.WARNING):
+            self.assertEqual(query(server.port, b"\r\n"), expected)   # finds the outage
+        slowest = 0.0
+        for _ in range(20):
+            time.sleep(0.06)
+            start = time.monotonic()
+            self.assertEqual(query(server.port, b"\r\n"), expected)
+            slowest = max(slowest, time.monotonic() - start)
+        self.assertLess(slowest, 0.2)
 
     def test_homes_off(self):
         self.account("dana", "directory plan\n")
@@ -272,19 +298,37 @@ class HungDirectoryTest(DirectoryTestCase):
         self.assertTrue(wait_for(lambda: self.names.problem() is None))
         self.assertEqual(self.names.getpwnam("dana").pw_name, "dana")
 
-    def test_waiting_callers_are_bounded(self):
+    def test_waiting_callers_are_bounded_once_the_directory_is_slow(self):
         self.nss.hang()
-        self.names.timeout = 1.0
+        self.names.timeout = 2.0
 
         def lookup(name):
             start = time.monotonic()
             with self.assertRaises(fingerd.StoreUnavailable):
                 self.names.getpwnam(name)
             return time.monotonic() - start
-        with concurrent.futures.ThreadPoolExecutor(16) as pool:
-            waited = list(pool.map(lookup, ["n%d" % i for i in range(16)]))
-        quick = [t for t in waited if t < 0.5]
-        self.assertGreaterEqual(len(quick), 16 - fingerd.LOOKUP_WAITERS, waited)
+        with concurrent.futures.ThreadPoolExecutor(24) as pool:
+            first = [pool.submit(lookup, "n%d" % i) for i in range(fingerd.LOOKUP_WAITERS)]
+            time.sleep(fingerd.LOOKUP_SLOW + 0.1)         # they have waited: it is slow
+            later = list(pool.map(lookup, ["m%d" % i for i in range(16)]))
+            [f.result(5) for f in first]
+        self.assertTrue(all(t < 0.5 for t in later), later)
+        self.assertGreaterEqual(self.names.shed, 16)
+
+    def test_a_healthy_directory_sheds_nothing(self):
+        # Found by an outsider: with 16 clients asking for distinct names, a fixed cap on
+        # waiting callers answered 25-45% "temporarily unavailable" from a healthy one.
+        real = self.nss.getpwnam
+
+        def a_little_slow(name):
+            time.sleep(0.005)
+            return real(name)
+        self.nss.getpwnam = a_little_slow
+        with concurrent.futures.ThreadPoolExecutor(32) as pool:
+            answers = list(pool.map(lambda i: query(self.finger.port, b"cold%d\r\n" % i),
+                                    range(400)))
+        self.assertEqual(set(answers), {b"No such user\r\n"})
+        self.assertEqual(self.names.shed, 0)
 
 
 class EnumerationTest(unittest.TestCase):

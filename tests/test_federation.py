@@ -114,6 +114,27 @@ class OutageTest(unittest.TestCase):
                         front.log)
 
 
+class LoopTest(unittest.TestCase):
+    def test_a_loop_is_broken_where_it_starts_not_further_on(self):
+        # Found by an outsider: L1 asks L2 and B, L2 asks L1 only.  A request to L1 came
+        # back to it through L2; L2 got the loop fault and dropped L1 for good, serving
+        # nothing.  Now the fault names L1 and reaches it: L1 leaves L2 out.
+        b = Authority(self, {"bob": "On B"})
+        ports = [free_port(), free_port()]
+        url = ["http://127.0.0.1:%d/RPC2" % port for port in ports]
+        l1 = Daemon(self, "--backend", "xmlrpc", "--remote", url[1], "--remote", b.url,
+                    "--http", "127.0.0.1:%d" % ports[0])
+        l2 = Daemon(self, "--backend", "xmlrpc", "--remote", url[0],
+                    "--http", "127.0.0.1:%d" % ports[1])
+        for _ in range(3):
+            self.assertEqual(query(l1.ports["finger"], b"bob\r\n"), b"On B\r\n")
+            self.assertEqual(query(l2.ports["finger"], b"bob\r\n"), b"On B\r\n")
+        self.assertIn("leads back to this server", l1.log)
+        self.assertNotIn("leads back to this server", l2.log)
+        health = get(l2.ports["http"], "/healthz")
+        self.assertEqual(health[0], 200, (health, l2.log))
+
+
 class BackoffTest(unittest.TestCase):
     def test_a_burst_of_failures_is_one_step(self):
         """Failure 8: twelve failures at once pushed the back-off to its cap."""
