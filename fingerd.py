@@ -1265,6 +1265,48 @@ class Upstream:
                                                          self.reason)
 
 
+class DaemonPool:
+    """At most `workers` daemon threads running submitted calls in order, each answering
+    through a concurrent.futures.Future: ThreadPoolExecutor's contract, except that a call
+    stuck in the C library (a lookup in a hung directory) never holds up the process's exit,
+    where ThreadPoolExecutor joins its threads (so SIGTERM and --inetd would wait on it)."""
+
+    def __init__(self, workers: int, name: str) -> None:
+        self.workers, self.name = workers, name
+        self._calls: "queue.SimpleQueue" = queue.SimpleQueue()
+        self._threads = 0
+        self._idle = 0
+        self._lock = threading.Lock()
+
+    def submit(self, function: Callable, *args):
+        """Run function(*args) on a pool thread; its Future (cancel() works while queued)."""
+        import concurrent.futures
+        future: concurrent.futures.Future = concurrent.futures.Future()
+        self._calls.put((future, function, args))
+        with self._lock:
+            if self._idle == 0 and self._threads < self.workers:
+                self._threads += 1
+                threading.Thread(target=self._run, daemon=True,
+                                 name="%s_%d" % (self.name, self._threads)).start()
+        return future
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            future, function, args = self._calls.get()
+            with self._lock:
+                self._idle -= 1
+            if not future.set_running_or_notify_cancel():
+                continue                                  # cancelled while queued
+            try:
+                result = function(*args)
+            except Exception as e:
+                future.set_exception(e)
+            else:
+                future.set_result(result)
+
+
 class NameService(Upstream):
     """Account lookups that never hold up a listener (README: More than one machine).
 
@@ -1426,9 +1468,7 @@ class NameService(Upstream):
         future = self._pending.get(key)
         if future is None:
             if self._pool is None:
-                import concurrent.futures
-                self._pool = concurrent.futures.ThreadPoolExecutor(
-                    LOOKUP_WORKERS, thread_name_prefix="nss-lookup")
+                self._pool = DaemonPool(LOOKUP_WORKERS, "nss-lookup")
             future = self._pending[key] = self._pool.submit(self._ask, key)
             self._pending_since[key] = time.monotonic()
         return future
@@ -1437,12 +1477,8 @@ class NameService(Upstream):
         """During an outage: one lookup at a time in the background (the lock held), whose
         answer in time ends the outage; callers meanwhile get what was last found."""
         check = self._check
-        if check is not None and not check.done():
-            return
-        try:
+        if check is None or check.done():
             self._check = self._submit(key)
-        except RuntimeError:                     # the pool is shut down
-            self._check = None
 
     def problem(self, wait: float = 0.0) -> Optional[str]:
         """Upstream.problem(); during an outage it also starts a lookup in the background

@@ -14,6 +14,8 @@ import logging
 import os
 import pwd
 import re
+import subprocess
+import sys
 import threading
 import time
 import unittest
@@ -329,6 +331,24 @@ class HungDirectoryTest(DirectoryTestCase):
                                     range(400)))
         self.assertEqual(set(answers), {b"No such user\r\n"})
         self.assertEqual(self.names.shed, 0)
+
+
+class ExitTest(unittest.TestCase):
+    def test_a_lookup_stuck_in_the_directory_does_not_hold_up_exit(self):
+        # ThreadPoolExecutor joins its threads at exit: a lookup stuck in a hung directory
+        # kept SIGTERM (and every --inetd process) waiting for it.
+        code = ("import sys, time; sys.path.insert(0, %r); from support import fingerd\n"
+                "class Hung:\n"
+                "    def getpwnam(self, name): time.sleep(60)\n"
+                "names = fingerd.NameService(Hung(), timeout=0.2)\n"
+                "try: names.getpwnam('x')\n"
+                "except fingerd.StoreUnavailable: print('unavailable')\n"
+                % os.path.dirname(os.path.abspath(__file__)))
+        start = time.monotonic()
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             timeout=30)
+        self.assertEqual(out.stdout, "unavailable\n", out.stderr)
+        self.assertLess(time.monotonic() - start, 10)
 
 
 class EnumerationTest(unittest.TestCase):

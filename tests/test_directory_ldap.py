@@ -145,6 +145,17 @@ class DirectoryAccountsTest(unittest.TestCase):
         self.assertEqual(log.count("does not answer"), 1, log)
         self.assertEqual(log.count("answers again"), 1, log)
 
+    def test_sigterm_during_a_hung_slapd(self):
+        self.assertTrue(wait_for(lambda: b"dana" in query(self.finger, b"\r\n"), 5))
+        self.directory.hang_slapd()
+        for i in range(8):                       # lookups now stuck in nslcd
+            query(self.finger, b"stuck%d\r\n" % i)
+        start = time.monotonic()
+        self.daemon.signal(signal.SIGTERM)
+        self.assertEqual(self.daemon.wait(15), 0)
+        self.assertLess(time.monotonic() - start, 7.0)   # the 5 s drain at most
+        self.directory.resume_slapd()
+
     def test_a_hung_slapd(self):
         """Failures 2-4: slapd SIGSTOPped."""
         self.outage("hung (SIGSTOP)", self.directory.hang_slapd, self.directory.resume_slapd)
