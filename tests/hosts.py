@@ -564,9 +564,6 @@ sys.stdout.buffer.write(b"".join(chunks))
 """
 
 
-LISTENING = re.compile(r"(\w+) listening on \[?([0-9a-fA-F.:]+)\]?:(\d+)")
-
-
 class Fingerd:
     """fingerd (support.command) run inside host `name`: its listeners bound to the host's
     address on the real ports (finger 79, setter 1079, http 8000) unless args name them;
@@ -587,24 +584,15 @@ class Fingerd:
                                 stderr=subprocess.PIPE, env=full_env, cwd=cwd)
         self.lines, self.ports = [], {}
         self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read_log, args=(ready,), daemon=True)
+        # read as support.Daemon reads its log: ports from its "listening on" lines
+        self._reader = threading.Thread(target=support.Daemon._read_log, args=(self, ready),
+                                        daemon=True)
         self._reader.start()
         if test is not None:
             test.addCleanup(self.stop)
         if not self._ready.wait(timeout) or self.proc.poll() is not None:
             self.stop()
             raise HostsError("fingerd did not start in %s: %s" % (name, self.log))
-
-    def _read_log(self, ready: str) -> None:
-        for raw in self.proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.lines.append(line)
-            match = LISTENING.search(line)
-            if match:
-                self.ports[match.group(1)] = int(match.group(3))
-            if ready in line:
-                self._ready.set()
-        self._ready.set()
 
     @property
     def log(self) -> str:
