@@ -346,8 +346,7 @@ class ProcessStoreTest(ProcessTestCase):
 
 def remote_server(test, users):
     """A fingerd web server in this process, serving `users`, as a remote."""
-    store = fingerd.MemoryStore()
-    store._data = {name: Status(text, 1.0) for name, text in users.items()}
+    store = fingerd.MemoryStore(statuses={name: Status(text, 1.0) for name, text in users.items()})
     server = serve(test, fingerd.WebServer(("127.0.0.1", 0), store))
     server.instance_id = "remote%d" % server.port        # another server, not this process
     return server, "http://127.0.0.1:%d/RPC2" % server.port
@@ -439,8 +438,7 @@ class RemoteStoreTest(unittest.TestCase):
         server, url = remote_server(self, {"alice": "Happy"})
         store = fingerd.RemoteStore([url], refresh=30, timeout=2)
         self.assertEqual(store.get("alice").text, "Happy")
-        server.store._data["alice"] = Status("Changed", 2.0)
-        server.store.version += 1                 # a change, as every store reports one
+        server.store.update({"alice": Status("Changed", 2.0)})     # a change
         self.assertEqual(store.get("alice").text, "Happy")        # within --refresh
         store.refresh_seconds = 0
         self.assertEqual(store.get("alice").text, "Changed")
@@ -512,11 +510,10 @@ class RemoteStoreTest(unittest.TestCase):
         self.assertLess(time.monotonic() - start, 2.0)
 
     def test_a_remote_pointing_back_at_this_server_is_detected(self):
-        server = fingerd.WebServer(("127.0.0.1", 0), fingerd.MemoryStore())
-        url = "http://127.0.0.1:%d/RPC2" % server.port
+        sock = fingerd.listen_socket(("127.0.0.1", 0))     # bound first, as the daemon does
+        url = "http://127.0.0.1:%d/RPC2" % sock.getsockname()[1]
         store = fingerd.RemoteStore([url], timeout=2)
-        server.store, server.inline = store, False
-        serve(self, server)
+        serve(self, fingerd.WebServer(None, store, sock=sock))
         with self.assertLogs("fingerd", logging.ERROR) as logs:
             with self.assertRaises(xmlrpc.client.Fault):
                 xmlrpc.client.ServerProxy(url).getUser("alice")

@@ -2,10 +2,12 @@
 import os
 import signal
 import socket
+import subprocess
 import time
 import unittest
 
-from support import Daemon, connect, query, read_all, run_cli, temp_dir, write_file
+from support import (TIMEOUT, Daemon, command, connect, fingerd, query, read_all, run_cli,
+                     temp_dir, write_file)
 
 
 class HelpAndUsageTest(unittest.TestCase):
@@ -153,6 +155,52 @@ class RunningDaemonTest(unittest.TestCase):
         daemon.signal(signal.SIGTERM)
         self.assertEqual(daemon.wait(), 0)
         self.assertLess(time.monotonic() - start, 7.0)
+
+
+class ClientTest(unittest.TestCase):
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.path = os.path.join(self.dir, "setter.sock")
+        self.daemon = Daemon(self, "--backend", "memory", "--setter-socket", self.path)
+        self.me = fingerd.account_name(os.getuid())
+        self.finger = self.daemon.ports["finger"]
+
+    def client(self, *args, stdin=None):
+        return subprocess.run(command("--setter-socket", self.path, *args), input=stdin,
+                              capture_output=True, text=True, timeout=TIMEOUT)
+
+    def test_set_expires_clear(self):
+        out = self.client("--set", "Giving a tutorial now")
+        self.assertEqual((out.returncode, out.stdout), (0, "OK\n"))
+        self.assertEqual(query(self.finger, self.me.encode() + b"\r\n"),
+                         b"Giving a tutorial now\r\n")
+        self.assertEqual(self.client("--set", "At lunch", "--expires", "1h").returncode, 0)
+        reply = query(self.finger, b"/W " + self.me.encode() + b"\r\n").decode()
+        self.assertIn("Expires: ", reply)
+        self.assertIn("(in 59 minutes)", reply)
+        self.assertTrue(reply.endswith("At lunch\r\n"))
+        self.assertEqual(self.client("--clear").returncode, 0)
+        self.assertEqual(query(self.finger, self.me.encode() + b"\r\n"), b"No such user\r\n")
+
+    def test_set_from_standard_input(self):
+        out = self.client("--set", "-", stdin="line one\nline two\n")
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(query(self.finger, self.me.encode() + b"\r\n"),
+                         b"line one\r\nline two\r\n")
+
+    def test_errors(self):
+        out = self.client("--set", "x", "--expires", "soon")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("ERROR bad expiry", out.stderr)
+        out = run_cli("--setter-socket", os.path.join(self.dir, "none.sock"), "--set", "x")
+        self.assertEqual(out.returncode, 1)
+        self.assertIn("cannot reach the setter socket", out.stderr)
+        self.assertEqual(run_cli("--set", "x", "--clear").returncode, 2)
+        self.assertEqual(run_cli("--expires", "1h").returncode, 2)
+
+    def test_environment_names_the_socket(self):
+        out = run_cli("--set", "via the environment", env={"FINGERD_SETTER_SOCKET": self.path})
+        self.assertEqual(out.returncode, 0, out.stderr)
 
 
 if __name__ == "__main__":

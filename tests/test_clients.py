@@ -26,8 +26,8 @@ def needs(program, package):
 
 class ClientTestCase(unittest.TestCase):
     def setUp(self):
-        store = fingerd.MemoryStore()
-        store._data = {name: Status(text, 1_700_000_000.0) for name, text in USERS.items()}
+        store = fingerd.MemoryStore(
+            statuses={name: Status(text, 1_700_000_000.0) for name, text in USERS.items()})
         self.port = serve(self, fingerd.WebServer(("127.0.0.1", 0), store)).port
         self.base = "http://127.0.0.1:%d" % self.port
 

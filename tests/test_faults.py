@@ -28,8 +28,7 @@ class FaultyStore(fingerd.MemoryStore):
     """A memory store whose reads and writes raise `self.failure` while it is set."""
 
     def __init__(self):
-        super().__init__()
-        self._data = {"alice": Status("Happy and well", 1_700_000_000.0)}
+        super().__init__(statuses={"alice": Status("Happy and well", 1_700_000_000.0)})
         self._failure = None
 
     @property
@@ -39,23 +38,23 @@ class FaultyStore(fingerd.MemoryStore):
     @failure.setter
     def failure(self, value):
         self._failure = value
-        self.version += 1          # a change: answers cached for the old version go
+        self.invalidate()          # a change: answers cached for the old version go
 
     def _fail(self):
         if self.failure is not None:
             raise self.failure("injected %s" % self.failure.__name__)
 
-    def get(self, user, verbose=False):
+    def _get(self, user, verbose, via):
         self._fail()
-        return super().get(user, verbose)
+        return super()._get(user, verbose, via)
 
-    def items(self):
+    def _items(self, via):
         self._fail()
-        return super().items()
+        return super()._items(via)
 
-    def set_async(self, user, text, done, expires_at=0.0):
+    def _set_async(self, user, status, done):
         self._fail()
-        super().set_async(user, text, done, expires_at)
+        super()._set_async(user, status, done)
 
 
 def send_quietly(sock, data):
@@ -127,7 +126,7 @@ class BackendFailureTest(unittest.TestCase):
                         self.assertEqual(http_get(server.port, path)[0], code, path)
                 self.store.failure = None
                 self.assertEqual(http_get(server.port, "/alice")[0], 200)
-                server._pages.clear()
+                self.store.invalidate()
 
     def test_xmlrpc(self):
         server = serve(self, fingerd.WebServer(("127.0.0.1", 0), self.store))
@@ -170,7 +169,7 @@ class PhaseFailureTest(unittest.TestCase):
         for target, name in phases:
             for failure in FAILURES[:3]:
                 with self.subTest(phase=name, failure=failure.__name__):
-                    self.store.version += 1          # no cached answer: every phase runs
+                    self.store.invalidate()          # no cached answer: every phase runs
                     with mock.patch.object(target, name, side_effect=failure("bug")), \
                             Quiet(self):
                         self.assertEqual(query(server.port, b"alice\r\n"),
@@ -180,11 +179,11 @@ class PhaseFailureTest(unittest.TestCase):
     def test_http_phases(self):
         server = serve(self, fingerd.WebServer(("127.0.0.1", 0), self.store))
         phases = [(fingerd.WebHandler, "parse_request"), (fingerd.WebHandler, "route"),
-                  (fingerd.WebServer, "render"), (fingerd.WebHandler, "send")]
+                  (fingerd.WebServer, "render_user"), (fingerd.WebHandler, "reply")]
         for target, name in phases:
             for failure in FAILURES[:3]:
                 with self.subTest(phase=name, failure=failure.__name__):
-                    server._pages.clear()
+                    self.store.invalidate()
                     with mock.patch.object(target, name, side_effect=failure("bug")), \
                             Quiet(self):
                         code, body = http_get(server.port, "/alice")
@@ -205,7 +204,7 @@ class PhaseFailureTest(unittest.TestCase):
 
     def test_internal_errors_are_counted_in_metrics(self):
         server = serve(self, fingerd.WebServer(("127.0.0.1", 0), self.store))
-        with mock.patch.object(fingerd.WebServer, "render", side_effect=RuntimeError("bug")), \
+        with mock.patch.object(fingerd.WebServer, "render_user", side_effect=RuntimeError("bug")), \
                 Quiet(self):
             http_get(server.port, "/bob")
         _, body = http_get(server.port, "/metrics")
@@ -415,7 +414,6 @@ class SupervisorTest(unittest.TestCase):
         args = fingerd.build_parser().parse_args(
             ["--backend", "memory", "--finger", "127.0.0.1:0", "--setter", "off",
              "--http", "127.0.0.1:0", *extra])
-        args.irc, args.irc_secret = None, None
         daemon = fingerd.Daemon(args)
         with Quiet(self):
             daemon.start()
@@ -460,13 +458,10 @@ class SupervisorTest(unittest.TestCase):
 
     def test_the_irc_thread_is_restarted_if_it_ends(self):
         irc = ScriptedServer(self)
-        daemon = self.start_daemon()
-        bot = fingerd.IRCBot(daemon.store, "127.0.0.1", irc.port,
-                             backoff=fingerd.Backoff(initial=0.05, rng=MeanRandom()))
-        daemon.bot = daemon.monitor.bot = bot
+        daemon = self.start_daemon("--irc", "127.0.0.1:%d" % irc.port)
+        bot = daemon.bot
         with mock.patch.object(bot.backoff, "next", side_effect=RuntimeError("bug")), \
                 Quiet(self):
-            bot.start()
             irc.accept().close()              # the session ends; the back-off then fails
             self.assertTrue(wait_for(lambda: not bot.running))
         self.assertFalse(daemon.monitor.health()[0])
@@ -566,10 +561,10 @@ class OutsiderFindingsTest(unittest.TestCase):
         class SlowStore(FaultyStore):
             blocking = True
 
-            def get(self, user, verbose=False):
+            def _get(self, user, verbose, via):
                 if user.startswith("slow"):
                     time.sleep(1.0)
-                return super().get(user, verbose)
+                return super()._get(user, verbose, via)
         server = ScriptedServer(self)
         bot = fingerd.IRCBot(SlowStore(), "127.0.0.1", server.port, send_rate=100,
                              send_burst=100)
@@ -591,11 +586,12 @@ class OutsiderFindingsTest(unittest.TestCase):
 
     def test_clients_that_never_read_a_big_page_share_one_copy_of_it(self):
         # An outsider held 8 GB with 600 connections that asked for / and never read.
-        store = fingerd.MemoryStore()
-        store._data = {"user%d" % i: Status(("x" * 70 + "\n") * 60, 1.0) for i in range(2000)}
+        store = fingerd.MemoryStore(
+            statuses={"user%d" % i: Status(("x" * 70 + "\n") * 60, 1.0) for i in range(2000)})
         server = serve(self, fingerd.WebServer(("127.0.0.1", 0), store))
         self.assertEqual(http_get(server.port, "/")[0], 200)          # rendered and cached
-        size = len(server.page("/", "http://127.0.0.1:%d" % server.port).body)
+        size = len(server.page("/", "http://127.0.0.1:%d" % server.port, "",
+                               server.render_user_list).body)
         self.assertGreater(size, 4_000_000)
         before = proc_value("self", "VmRSS") * 1024
         clients = []

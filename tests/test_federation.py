@@ -157,14 +157,13 @@ class BackoffTest(unittest.TestCase):
         self.assertEqual(remote.outages, 1)
 
     def test_a_down_authority_does_not_multiply_calls_to_the_others(self):
-        store = fingerd.MemoryStore()
-        store._data = {"alice": fingerd.Status("A", 1.0)}
+        store = fingerd.MemoryStore(statuses={"alice": fingerd.Status("A", 1.0)})
         server = serve(self, fingerd.WebServer(("127.0.0.1", 0), store))
         server.instance_id = "live"
         calls = []
         dispatcher = server.rpc()
-        real = dispatcher._marshaled_dispatch
-        dispatcher._marshaled_dispatch = lambda data, *a: calls.append(data) or real(data, *a)
+        real = dispatcher.answer
+        dispatcher.answer = lambda data, *a: calls.append(data) or real(data, *a)
         front = fingerd.RemoteStore(["http://127.0.0.1:%d/RPC2" % server.port,
                                      "http://127.0.0.1:%d/RPC2" % free_port()],
                                     refresh=30, timeout=1)
@@ -263,8 +262,8 @@ class ConnectionTest(unittest.TestCase):
         return Check()
 
     def test_connections_are_kept_and_an_idle_close_is_retried_once(self):
-        store = fingerd.MemoryStore()
-        store._data = {"alice": fingerd.Status("A", 1.0), "bob": fingerd.Status("B", 1.0)}
+        store = fingerd.MemoryStore(
+            statuses={"alice": fingerd.Status("A", 1.0), "bob": fingerd.Status("B", 1.0)})
         server = fingerd.WebServer(("127.0.0.1", 0), store)
         server.instance_id = "authority"
         server.idle_timeout = 0.3

@@ -16,8 +16,8 @@ Status = fingerd.Status
 
 def memory_store(**statuses):
     """A store holding exactly these texts, unfiltered (as a careless backend might)."""
-    store = fingerd.MemoryStore()
-    store._data = {user: Status(text, 1_700_000_000.0) for user, text in statuses.items()}
+    store = fingerd.MemoryStore(
+        statuses={user: Status(text, 1_700_000_000.0) for user, text in statuses.items()})
     return store
 
 
@@ -207,7 +207,7 @@ class FingerServerTest(unittest.TestCase):
         self.assertEqual(self.finger(b"alice\r\n"), b"Happy and well\r\n")
 
     def test_client_that_never_reads_a_large_reply(self):
-        self.store._data = {"u%04d" % i: Status("x" * 200, 1.0) for i in range(3000)}
+        self.store.replace({"u%04d" % i: Status("x" * 200, 1.0) for i in range(3000)})
         self.server.deadline = 1.0
         hogs = []
         for _ in range(5):
@@ -234,38 +234,6 @@ class FingerServerTest(unittest.TestCase):
         for t in threads:
             t.join()
         self.assertEqual(results, [b"Happy and well\r\n"] * 320)
-
-
-class BlockingStore(fingerd.MemoryStore):
-    """A store whose reads wait, like a remote one: handlers must run on workers."""
-    blocking = True
-
-    def get(self, user, verbose=False):
-        time.sleep(0.2)
-        return super().get(user, verbose)
-
-
-class WorkerPoolTest(unittest.TestCase):
-    def test_blocking_store_runs_on_bounded_workers(self):
-        store = BlockingStore()
-        store._data = {"alice": Status("Happy and well", 1.0)}
-        server = fingerd.FingerServer(("127.0.0.1", 0), store)
-        server.max_workers = 4
-        serve(self, server)
-        results = []
-        threads = [threading.Thread(target=lambda: results.append(query(server.port,
-                                                                        b"alice\r\n")))
-                   for _ in range(12)]
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - start
-        self.assertEqual(results, [b"Happy and well\r\n"] * 12)
-        self.assertEqual(server.worker_threads, 4)
-        self.assertGreater(elapsed, 0.55)       # 12 reads of 0.2 s on 4 workers: 3 rounds
-        self.assertLess(elapsed, 3.0)
 
 
 class IPv6Test(unittest.TestCase):

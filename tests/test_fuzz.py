@@ -59,9 +59,8 @@ def inputs(rng, seeds):
 
 
 def store():
-    result = fingerd.MemoryStore()
-    result._data = {"alice": fingerd.Status("Happy and well", 1.0),
-                    "bob": fingerd.Status("one\n\x1b[31mtwo\x00", 2.0)}
+    result = fingerd.MemoryStore(statuses={"alice": fingerd.Status("Happy and well", 1.0),
+                                           "bob": fingerd.Status("one\n\x1b[31mtwo\x00", 2.0)})
     return result
 
 

@@ -343,66 +343,6 @@ class ResourceAttackTest(unittest.TestCase):
             self.assertEqual(query(target.finger, b"w%02d\r\n" % n), b"v19\r\n")
 
 
-class LimitTest(unittest.TestCase):
-    def test_connections_per_address(self):
-        target = Target(self, "--limit-loopback", "--max-conns-per-ip", "5", "--rate", "0")
-        socks = [connect(target.finger) for _ in range(5)]
-        self.addCleanup(lambda: [s.close() for s in socks])
-        time.sleep(0.1)
-        start = time.monotonic()
-        self.assertEqual(query(target.finger, b"alice\r\n"),
-                         b"Too many connections from your address, try again later\r\n")
-        self.assertLess(time.monotonic() - start, 0.5)       # refused at once, not hanging
-        reply = send_raw(target.http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # per listener
-        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:40])
-        for sock in socks:
-            sock.close()
-        time.sleep(0.2)
-        target.check()
-
-    def test_rate_per_address(self):
-        target = Target(self, "--limit-loopback", "--rate", "5")
-        time.sleep(1.0)                                      # the seeding used the burst
-        replies = [query(target.finger, b"alice\r\n") for _ in range(20)]
-        self.assertEqual(replies[0], b"Happy and well\r\n")
-        refused = [r for r in replies if r.startswith(b"Too many")]
-        self.assertGreater(len(refused), 5)
-        time.sleep(1.0)
-        self.assertEqual(query(target.finger, b"alice\r\n"), b"Happy and well\r\n")
-        reply = send_raw(target.setter, b"x\ny\n")
-        self.assertTrue(reply.startswith(b"OK") or reply.startswith(b"ERROR"))
-
-    def test_http_gets_429(self):
-        target = Target(self, "--limit-loopback", "--rate", "2")
-        time.sleep(2.0)
-        codes = [send_raw(target.http, b"GET /alice HTTP/1.1\r\nHost: x\r\n\r\n")[:12]
-                 for _ in range(6)]
-        self.assertIn(b"HTTP/1.1 429", codes)
-
-    def test_loopback_is_exempt_by_default(self):
-        target = Target(self, "--rate", "1", "--max-conns-per-ip", "1")
-        socks = [connect(target.finger) for _ in range(5)]
-        self.addCleanup(lambda: [s.close() for s in socks])
-        for _ in range(10):
-            target.check()
-
-    def test_limiter_groups_ipv6_by_64_and_prunes(self):
-        now = [0.0]
-        limiter = fingerd.ClientLimiter(max_conns=2, rate=1, limit_loopback=False,
-                                        clock=lambda: now[0])
-        self.assertIsNone(limiter.admit(("2001:db8::1", 1)))
-        self.assertIsNone(limiter.admit(("2001:db8::2", 1)))
-        self.assertEqual(limiter.admit(("2001:db8::3", 1)), fingerd.Refusal.TOO_MANY)  # /64
-        self.assertIsNone(limiter.admit(("2001:db8:0:1::1", 1)))           # another /64
-        self.assertIsNone(limiter.admit(("127.0.0.1", 1)))                  # exempt
-        limiter.release(("2001:db8::1", 1))
-        limiter.release(("2001:db8::2", 1))
-        limiter.release(("2001:db8:0:1::1", 1))
-        now[0] = 100.0
-        limiter.prune()
-        self.assertEqual((limiter.open, limiter.buckets), ({}, {}))
-
-
 class FaultTest(unittest.TestCase):
     def test_kill_9_under_setter_load_loses_nothing_acknowledged(self):
         target = Target(self)

@@ -36,9 +36,8 @@ def exchange(port, data, timeout=5.0):
 
 class FramingTest(unittest.TestCase):
     def setUp(self):
-        store = fingerd.MemoryStore()
-        store._data = {"alice": Status("Happy and well", SET_AT),
-                       "bob": Status("Hidden request answered", SET_AT)}
+        store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", SET_AT),
+                                              "bob": Status("Hidden request answered", SET_AT)})
         self.port = serve(self, fingerd.WebServer(("127.0.0.1", 0), store)).port
 
     def assert_refused_and_closed(self, request, code):
@@ -129,8 +128,7 @@ class FramingTest(unittest.TestCase):
 
 class PersistenceTest(unittest.TestCase):
     def setUp(self):
-        store = fingerd.MemoryStore()
-        store._data = {"alice": Status("Happy and well", SET_AT)}
+        store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", SET_AT)})
         self.port = serve(self, fingerd.WebServer(("127.0.0.1", 0), store)).port
 
     def test_http_1_0_keep_alive_is_answered_in_kind(self):
@@ -187,8 +185,7 @@ class PersistenceTest(unittest.TestCase):
 
 class MethodTest(unittest.TestCase):
     def setUp(self):
-        store = fingerd.MemoryStore()
-        store._data = {"alice": Status("Happy and well", SET_AT)}
+        store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", SET_AT)})
         self.port = serve(self, fingerd.WebServer(("127.0.0.1", 0), store)).port
 
     def one(self, request):

@@ -109,10 +109,10 @@ class MeanRandom:
 
 class BotTestCase(unittest.TestCase):
     def setUp(self):
-        self.store = fingerd.MemoryStore()
-        self.store._data = {"alice": Status("Happy and well", 1.0),
-                            "bob": Status("one\ntwo\nthree\nfour\nfive", 1.0),
-                            "evil": Status("x\r\nQUIT :x\r\nPRIVMSG #c :owned\x00", 1.0)}
+        self.store = fingerd.MemoryStore(
+            statuses={"alice": Status("Happy and well", 1.0),
+                      "bob": Status("one\ntwo\nthree\nfour\nfive", 1.0),
+                      "evil": Status("x\r\nQUIT :x\r\nPRIVMSG #c :owned\x00", 1.0)})
         self.server = ScriptedServer(self)
 
     def bot(self, **kw):
@@ -226,7 +226,7 @@ class AnswerTest(BotTestCase):
         self.assertEqual(client.quiet(1.2), [])
 
     def test_cr_injection_arrives_as_one_harmless_line(self):
-        self.store._data["evil"] = Status("x\rQUIT :x\x00\rPRIVMSG #c :owned", 1.0)
+        self.store.update({"evil": Status("x\rQUIT :x\x00\rPRIVMSG #c :owned", 1.0)})
         _, client = self.registered()
         client.send(b":carol!c@h PRIVMSG fingerbot :evil")
         line = client.expect(b"PRIVMSG")
@@ -260,7 +260,7 @@ class AnswerTest(BotTestCase):
         self.assertTrue(client.expect(b"NOTICE").startswith(b"NOTICE carol :\x01FINGER "))
 
     def test_long_status_is_split_on_utf8_boundaries(self):
-        self.store._data["long"] = Status("\u00e9\u20ac" * 400, 1.0)      # 2000 bytes
+        self.store.update({"long": Status("\u00e9\u20ac" * 400, 1.0)})      # 2000 bytes
         _, client = self.registered(send_burst=20)
         client.send(b":carol!c@h PRIVMSG fingerbot :long")
         lines = [client.expect(b"PRIVMSG")]
@@ -349,8 +349,7 @@ class TLSTest(unittest.TestCase):
         self.listener.listen(5)
         self.addCleanup(self.listener.close)
         self.port = self.listener.getsockname()[1]
-        self.store = fingerd.MemoryStore()
-        self.store._data = {"alice": Status("Happy and well", 1.0)}
+        self.store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", 1.0)})
 
     def accept_tls(self):
         self.listener.settimeout(10)
@@ -581,10 +580,9 @@ class RealNgircdTest(unittest.TestCase):
         self.fail("the bot never answered %r" % question)
 
     def test_round_trip_restarts_and_injection(self):
-        store = fingerd.MemoryStore()
-        store._data = {"alice": Status("Happy and well", 1.0),
-                       "evil": Status("x\rQUIT :x\x00", 1.0),
-                       "evil2": Status("y\r\nQUIT :y", 1.0)}
+        store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", 1.0),
+                                              "evil": Status("x\rQUIT :x\x00", 1.0),
+                                              "evil2": Status("y\r\nQUIT :y", 1.0)})
         bot = fingerd.IRCBot(store, "127.0.0.1", self.port, channels=["#fingerd"],
                              backoff=fingerd.Backoff(initial=0.1))
         bot.start()
@@ -613,8 +611,7 @@ class RealNgircdTest(unittest.TestCase):
     def test_nick_in_use_on_a_real_server(self):
         """ngircd allows 9-character nicks, as RFC 1459: fingerbot_ is too long."""
         self.client(b"fingerbot")                         # someone has the nick
-        store = fingerd.MemoryStore()
-        store._data = {"alice": Status("Happy and well", 1.0)}
+        store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", 1.0)})
         bot = fingerd.IRCBot(store, "127.0.0.1", self.port, backoff=fingerd.Backoff(0.1))
         bot.start()
         self.addCleanup(bot.stop)

@@ -68,14 +68,12 @@ class rpc:
 
 
 def memory_store():
-    store = fingerd.MemoryStore()
-    store._data = {"alice": Status("Happy and well", 1_700_000_000.0,
-                                   (("Name", "Alice L"), ("Office", "Rm 1, 555"),
-                                    ("Project", "Wonderland"), ("PGP key", "KEY")),
-                                   4_000_000_000.0),
-                   "bob": Status("one\ntwo", 1_700_000_100.0)}
-    store.changes.extend([("alice", store._data["alice"], 1_700_000_000.0),
-                          ("bob", store._data["bob"], 1_700_000_100.0)])
+    alice = Status("Happy and well", 1_700_000_000.0,
+                   (("Name", "Alice L"), ("Office", "Rm 1, 555"), ("Project", "Wonderland"),
+                    ("PGP key", "KEY")), 4_000_000_000.0)
+    bob = Status("one\ntwo", 1_700_000_100.0)
+    store = fingerd.MemoryStore(statuses={"alice": alice, "bob": bob})
+    store.changes.extend([("alice", alice, 1_700_000_000.0), ("bob", bob, 1_700_000_100.0)])
     return store
 
 

@@ -16,8 +16,9 @@ import time
 import unittest
 import unittest.mock
 
-from support import (TIMEOUT, command, connect, fingerd, read_all, serve, temp_dir,
+from support import (TIMEOUT, command, connect, fingerd, query, read_all, serve, temp_dir,
                      wait_for, write_file)
+from test_hostile import Target, send_raw
 
 After, Refusal, State = fingerd.After, fingerd.Refusal, fingerd.State
 
@@ -389,6 +390,98 @@ class DescriptorExhaustionTest(unittest.TestCase):
                 answer = read_all(s)
         self.assertEqual(answer, b"here\r\n")
         self.assertIsNone(proc.poll())
+
+
+class BlockingStore(fingerd.MemoryStore):
+    """A store whose reads wait, like a remote one: handlers must run on workers."""
+    blocking = True
+
+    def _get(self, user, verbose, via):
+        time.sleep(0.2)
+        return super()._get(user, verbose, via)
+
+
+class BlockingStoreTest(unittest.TestCase):
+    def test_blocking_store_runs_on_bounded_workers(self):
+        store = BlockingStore()
+        store.replace({"alice": fingerd.Status("Happy and well", 1.0)})
+        server = fingerd.FingerServer(("127.0.0.1", 0), store)
+        server.max_workers = 4
+        serve(self, server)
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(query(server.port,
+                                                                        b"alice\r\n")))
+                   for _ in range(12)]
+        start = time.monotonic()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
+        self.assertEqual(results, [b"Happy and well\r\n"] * 12)
+        self.assertEqual(server.worker_threads, 4)
+        self.assertGreater(elapsed, 0.55)       # 12 reads of 0.2 s on 4 workers: 3 rounds
+        self.assertLess(elapsed, 3.0)
+
+
+class LimitTest(unittest.TestCase):
+    def test_connections_per_address(self):
+        target = Target(self, "--limit-loopback", "--max-conns-per-ip", "5", "--rate", "0")
+        socks = [connect(target.finger) for _ in range(5)]
+        self.addCleanup(lambda: [s.close() for s in socks])
+        time.sleep(0.1)
+        start = time.monotonic()
+        self.assertEqual(query(target.finger, b"alice\r\n"),
+                         b"Too many connections from your address, try again later\r\n")
+        self.assertLess(time.monotonic() - start, 0.5)       # refused at once, not hanging
+        reply = send_raw(target.http, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")  # per listener
+        self.assertTrue(reply.startswith(b"HTTP/1.1 200"), reply[:40])
+        for sock in socks:
+            sock.close()
+        time.sleep(0.2)
+        target.check()
+
+    def test_rate_per_address(self):
+        target = Target(self, "--limit-loopback", "--rate", "5")
+        time.sleep(1.0)                                      # the seeding used the burst
+        replies = [query(target.finger, b"alice\r\n") for _ in range(20)]
+        self.assertEqual(replies[0], b"Happy and well\r\n")
+        refused = [r for r in replies if r.startswith(b"Too many")]
+        self.assertGreater(len(refused), 5)
+        time.sleep(1.0)
+        self.assertEqual(query(target.finger, b"alice\r\n"), b"Happy and well\r\n")
+        reply = send_raw(target.setter, b"x\ny\n")
+        self.assertTrue(reply.startswith(b"OK") or reply.startswith(b"ERROR"))
+
+    def test_http_gets_429(self):
+        target = Target(self, "--limit-loopback", "--rate", "2")
+        time.sleep(2.0)
+        codes = [send_raw(target.http, b"GET /alice HTTP/1.1\r\nHost: x\r\n\r\n")[:12]
+                 for _ in range(6)]
+        self.assertIn(b"HTTP/1.1 429", codes)
+
+    def test_loopback_is_exempt_by_default(self):
+        target = Target(self, "--rate", "1", "--max-conns-per-ip", "1")
+        socks = [connect(target.finger) for _ in range(5)]
+        self.addCleanup(lambda: [s.close() for s in socks])
+        for _ in range(10):
+            target.check()
+
+    def test_limiter_groups_ipv6_by_64_and_prunes(self):
+        now = [0.0]
+        limiter = fingerd.ClientLimiter(max_conns=2, rate=1, limit_loopback=False,
+                                        clock=lambda: now[0])
+        self.assertIsNone(limiter.admit(("2001:db8::1", 1)))
+        self.assertIsNone(limiter.admit(("2001:db8::2", 1)))
+        self.assertEqual(limiter.admit(("2001:db8::3", 1)), fingerd.Refusal.TOO_MANY)  # /64
+        self.assertIsNone(limiter.admit(("2001:db8:0:1::1", 1)))           # another /64
+        self.assertIsNone(limiter.admit(("127.0.0.1", 1)))                  # exempt
+        limiter.release(("2001:db8::1", 1))
+        limiter.release(("2001:db8::2", 1))
+        limiter.release(("2001:db8:0:1::1", 1))
+        now[0] = 100.0
+        limiter.prune()
+        self.assertEqual((limiter.open, limiter.buckets), ({}, {}))
 
 
 if __name__ == "__main__":

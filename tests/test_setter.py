@@ -2,11 +2,14 @@
 under load is tests/test_hostile.py's FaultTest."""
 import ipaddress
 import os
+import pwd
+import socket
 import threading
 import time
 import unittest
 
-from support import connect, fingerd, query, read_all, serve, set_status, temp_dir, write_file
+from support import (TIMEOUT, connect, fingerd, query, read_all, serve, set_status, temp_dir,
+                     write_file)
 
 
 class SetterParseTest(unittest.TestCase):
@@ -167,6 +170,122 @@ class ReadOnlyBackendTest(unittest.TestCase):
         reply = set_status(server.port, "alice", "hacked")
         self.assertTrue(reply.startswith(b"ERROR") and b"read-only" in reply, reply)
         self.assertEqual(store.get("alice").text, "Happy")
+
+
+def unix_request(path, data):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(path)
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        return read_all(sock)
+
+
+class UnixSetterTest(unittest.TestCase):
+    def setUp(self):
+        self.store = fingerd.MemoryStore()
+        self.path = os.path.join(temp_dir(self), "setter.sock")
+        server = fingerd.UnixSetterServer(self.path, self.store)
+        me = fingerd.account_name(os.getuid())
+        server.name_of = lambda uid: {os.getuid(): me}.get(uid, fingerd.account_name(uid))
+        server.account_exists = lambda name: name in ("alice", me)
+        self.server = serve(self, server)
+        self.me = me
+
+    def test_a_hung_directory_holds_up_only_its_own_caller(self):
+        # Who is calling is an account lookup (a directory user's uid): it runs on a
+        # worker with the name service's deadline, never on the listener's loop.
+        gate, first = threading.Event(), threading.Event()
+        me, name_of = self.me, self.server.name_of
+
+        def slow_name_of(uid):
+            if not first.is_set():
+                first.set()
+                gate.wait(10)                  # the directory hangs for this caller
+                raise fingerd.StoreUnavailable("the name service does not answer")
+            return name_of(uid)
+        self.server.name_of = slow_name_of
+        self.addCleanup(gate.set)
+        waiting = threading.Thread(target=lambda: self.answers.append(
+            unix_request(self.path, b"First\n")))
+        self.answers = []
+        waiting.start()
+        self.assertTrue(first.wait(5))
+        start = time.monotonic()
+        self.assertEqual(unix_request(self.path, b"Second\n"), b"OK\r\n")
+        self.assertLess(time.monotonic() - start, 2.0)
+        gate.set()
+        waiting.join(10)
+        self.assertEqual(self.answers, [b"ERROR the name service does not answer\r\n"])
+        self.assertEqual(self.store.get(me).text, "Second")
+
+    def test_socket_is_world_writable_and_removed_at_close(self):
+        self.assertEqual(os.stat(self.path).st_mode & 0o777, 0o666)
+        self.server.shutdown()
+        self.server.server_close()
+        self.assertFalse(os.path.exists(self.path))
+
+    def test_own_status_with_and_without_user_line(self):
+        self.assertEqual(unix_request(self.path, b"Reading the RFCs\n"), b"OK\r\n")
+        self.assertEqual(self.store.get(self.me).text, "Reading the RFCs")
+        line = ("%s\nexpires: 1h\nIn a meeting\n" % self.me).encode()
+        self.assertEqual(unix_request(self.path, line), b"OK\r\n")
+        self.assertEqual(self.store.get(self.me).text, "In a meeting")
+        self.assertEqual(unix_request(self.path, ("%s\nclear: yes\n" % self.me).encode()),
+                         b"OK\r\n")
+        self.assertIsNone(self.store.get(self.me))
+
+    @unittest.skipUnless(os.geteuid() == 0, "root setting others' statuses needs root")
+    def test_root_may_set_anyones(self):
+        self.assertEqual(unix_request(self.path, b"alice\nSet by root\n"), b"OK\r\n")
+        self.assertEqual(self.store.get("alice").text, "Set by root")
+
+    @unittest.skipUnless(os.geteuid() == 0, "a second uid needs a test run as root")
+    def test_another_uid_is_refused_for_roots_status(self):
+        nobody = pwd.getpwnam("nobody")
+        os.chmod(os.path.dirname(self.path), 0o755)
+        self.store.set("root", "root's own")
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:                                   # the child: become nobody, then ask
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                answers = [unix_request(self.path, b"root\nhijacked\n"),
+                           unix_request(self.path, b"nobody\nmy own\n")]
+                os.write(write_end, b"|".join(answers))
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        answers = b""
+        while True:
+            chunk = os.read(read_end, 4096)
+            if not chunk:
+                break
+            answers += chunk
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        refused, allowed = answers.split(b"|")
+        self.assertTrue(refused.startswith(b"ERROR nobody may only set their own status"),
+                        refused)
+        self.assertEqual(self.store.get("root").text, "root's own")
+        self.assertEqual(allowed, b"OK\r\n")
+        self.assertEqual(self.store.get("nobody").text, "my own")
+
+    def test_a_status_that_looks_like_a_name_is_a_status(self):
+        self.assertEqual(unix_request(self.path, b"bob\n"), b"OK\r\n")   # not an account
+        self.assertEqual(self.store.get(self.me).text, "bob")
+
+    def test_stale_socket_file_is_replaced(self):
+        path = os.path.join(temp_dir(self), "stale.sock")
+        stale = socket.socket(socket.AF_UNIX)
+        stale.bind(path)
+        stale.close()
+        server = serve(self, fingerd.UnixSetterServer(path, self.store))
+        self.assertEqual(server.address, path)
+        self.assertEqual(unix_request(path, b"Fresh\n"), b"OK\r\n")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
 """The store contract, run against every backend, then each backend's own rules."""
+import http.client
+import json
 import logging
 import os
 import sqlite3
@@ -8,7 +10,7 @@ import threading
 import time
 import unittest
 
-from support import fingerd, temp_dir, wait_for, write_file
+from support import TIMEOUT, fingerd, serve, temp_dir, wait_for, write_file
 
 SEED = {"alice": "Happy and well", "bob": "line one\nline two", "carol": "Busy"}
 
@@ -311,6 +313,89 @@ class DefaultPathTest(unittest.TestCase):
                               % os.path.dirname(fingerd.__file__)],
                              env=env, capture_output=True, text=True, check=True)
         self.assertEqual(out.stdout.strip(), "/var/lib/fingerd/fingerd.db")
+
+
+class ExpiryTest(unittest.TestCase):
+    def setUp(self):
+        self.now = [1_800_000_000.0]
+        self.store = fingerd.MemoryStore()
+        self.store.clock = lambda: self.now[0]
+
+    def test_expiring_status_shadows_the_lasting_one(self):
+        self.store.set("alice", "Working from home")
+        self.store.set("alice", "At lunch", expires_at=self.now[0] + 3600)
+        self.assertEqual(self.store.get("alice").text, "At lunch")
+        version = self.store.version
+        self.now[0] += 3601
+        self.assertEqual(self.store.get("alice").text, "Working from home")
+        self.assertGreater(self.store.version, version)    # caches notice the expiry
+        self.assertEqual([(n, s.text) for n, s in self.store.items()],
+                         [("alice", "Working from home")])
+
+    def test_expired_without_a_lasting_status_is_no_status(self):
+        self.store.set("bob", "Brb", expires_at=self.now[0] + 60)
+        self.assertEqual(self.store.users(), ["bob"])
+        self.now[0] += 61
+        self.assertIsNone(self.store.get("bob"))
+        self.assertEqual(self.store.users(), [])
+
+    def test_a_new_lasting_status_ends_the_expiring_one(self):
+        self.store.set("carol", "In a meeting", expires_at=self.now[0] + 3600)
+        self.store.set("carol", "Back")
+        self.now[0] += 3601
+        self.assertEqual(self.store.get("carol").text, "Back")
+
+    def test_expiry_must_be_ahead_and_within_a_year(self):
+        for expires_at in (self.now[0] - 1, self.now[0] + 400 * 86400):
+            with self.assertRaises(fingerd.BadStatus):
+                self.store.set("dave", "x", expires_at=expires_at)
+
+    def test_durations(self):
+        self.assertEqual(fingerd.parse_duration("1h30m", now=0), 5400)
+        self.assertEqual(fingerd.parse_duration("90", now=0), 90)
+        self.assertEqual(fingerd.parse_duration("2d", now=10), 172810)
+        for bad in ("", "soon", "-5m", "0", "400d", "1x"):
+            with self.assertRaises(fingerd.BadStatus, msg=bad):
+                fingerd.parse_duration(bad, now=0)
+
+    def test_web_cache_and_pages_follow_the_expiry(self):
+        self.store.set("alice", "Lasting")
+        self.store.set("alice", "Fleeting", expires_at=self.now[0] + 60)
+        web = serve(self, fingerd.WebServer(("127.0.0.1", 0), self.store))
+        conn = http.client.HTTPConnection("127.0.0.1", web.port, timeout=TIMEOUT)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/alice")
+        page = conn.getresponse().read().decode()
+        self.assertIn("Fleeting", page)
+        self.assertIn("Until <time datetime=", page)
+        conn.request("GET", "/alice.json")
+        self.assertIsNotNone(json.loads(conn.getresponse().read())["expires_at"])
+        self.now[0] += 61
+        conn.request("GET", "/alice")
+        self.assertIn("Lasting", conn.getresponse().read().decode())
+
+    def test_sqlite_keeps_both_and_migrates_schema_1(self):
+        path = os.path.join(temp_dir(self), "old.db")
+        db = sqlite3.connect(path)
+        db.execute("CREATE TABLE statuses (user TEXT PRIMARY KEY, status TEXT NOT NULL, "
+                   "set_at REAL NOT NULL, expires_at REAL)")
+        db.execute("INSERT INTO statuses VALUES ('alice', 'From schema 1', 5.0, NULL)")
+        db.commit()
+        db.close()
+        store = fingerd.SQLiteStore(path)
+        self.assertEqual(store.get("alice"), fingerd.Status("From schema 1", 5.0))
+        store.set("alice", "For an hour", expires_at=time.time() + 3600)
+        store.close()
+        again = fingerd.SQLiteStore(path)
+        self.addCleanup(again.close)
+        self.assertEqual(again.get("alice").text, "For an hour")
+        again.clock = lambda: time.time() + 7200       # the expiring status has ended
+        self.assertEqual(again.get("alice").text, "From schema 1")
+        again.clock = time.time
+        self.assertEqual(sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0],
+                         fingerd.SCHEMA_VERSION)
+        again.clear("alice")
+        self.assertIsNone(again.get("alice"))
 
 
 if __name__ == "__main__":

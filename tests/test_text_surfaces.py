@@ -115,8 +115,7 @@ class XMLIllegalCharactersTest(unittest.TestCase):
 
     def test_store_seeded_directly_is_still_clean_on_the_way_out(self):
         # A backend that forgot to clean (or an older database) still cannot break XML.
-        self.store._data = {"eve": Status("bad\ufffe\x00\ud800 end", 1.0)}
-        self.store.version += 1
+        self.store.replace({"eve": Status("bad\ufffe\x00\ud800 end", 1.0)})
         self.assertEqual(self.web.rpc.getUser("eve"), "bad end")
         ET.fromstring(self.web.get("/feed.atom")[1].encode("utf-8"))
         self.assertEqual(self.web.json_status("eve"), "bad end")
@@ -316,10 +315,10 @@ class OwnWordsTest(unittest.TestCase):
     """Reproduction 4: markers, labels, errors and time stamps are 7-bit ASCII."""
 
     def setUp(self):
-        self.store = fingerd.MemoryStore()
-        self.store._data = {"alice": Status("Happy", 1_700_000_000.0, (("Name", "Alice"),),
-                                            4_000_000_000.0),
-                            "bob": Status("one\ntwo", 1_700_000_000.0)}
+        self.store = fingerd.MemoryStore(
+            statuses={"alice": Status("Happy", 1_700_000_000.0, (("Name", "Alice"),),
+                                      4_000_000_000.0),
+                      "bob": Status("one\ntwo", 1_700_000_000.0)})
         self.finger = servers(self, self.store)[0]
 
     def test_every_reply_of_ascii_statuses_is_ascii(self):
@@ -382,9 +381,8 @@ class TelnetTest(unittest.TestCase):
     dropped with what came before it)."""
 
     def setUp(self):
-        self.store = fingerd.MemoryStore()
-        self.store._data = {"alice": Status("Happy and well", 1.0),
-                            "bob": Status("Busy", 1.0)}
+        self.store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", 1.0),
+                                                   "bob": Status("Busy", 1.0)})
         self.finger, self.setter, _ = servers(self, self.store)
 
     def test_negotiation_is_not_a_user(self):
@@ -442,11 +440,11 @@ class IRCTextTest(unittest.TestCase):
     undecodable line ended the bot's session)."""
 
     def setUp(self):
-        self.store = fingerd.MemoryStore()
-        self.store._data = {"alice": Status("Happy", 1.0),
-                            "long": Status("word " * 1000, 1.0),               # 5 KB
-                            "wide": Status("\u20ac\u00e9" * 1500, 1.0),
-                            "lines": Status("\n".join("line %d" % i for i in range(50)), 1.0)}
+        self.store = fingerd.MemoryStore(
+            statuses={"alice": Status("Happy", 1.0),
+                      "long": Status("word " * 1000, 1.0),               # 5 KB
+                      "wide": Status("\u20ac\u00e9" * 1500, 1.0),
+                      "lines": Status("\n".join("line %d" % i for i in range(50)), 1.0)})
         self.server = ScriptedServer(self)
 
     def bot(self, **kw):
@@ -526,8 +524,7 @@ class GecosTest(unittest.TestCase):
 
 class EdgesTest(unittest.TestCase):
     def setUp(self):
-        self.store = fingerd.MemoryStore()
-        self.store._data = {"alice": Status("Happy and well", 1.0)}
+        self.store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", 1.0)})
         self.finger, self.setter, self.http = servers(self, self.store)
 
     def test_telnet_character_mode_return_ends_the_line(self):

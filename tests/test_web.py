@@ -2,14 +2,19 @@
 import base64
 import hashlib
 import http.client
+import json
 import logging
+import os
+import signal
 import socket
 import threading
 import time
 import unittest
+import xml.etree.ElementTree as ElementTree
 import xmlrpc.client
 
-from support import connect, fingerd, read_all, serve, thread_count
+from support import (TIMEOUT, Daemon, connect, fingerd, read_all, serve, set_status, temp_dir,
+                     thread_count)
 
 Status = fingerd.Status
 HOSTILE = '<script>alert("x")</script> & <b>bold</b>'
@@ -60,10 +65,10 @@ def raw(port, data, timeout=10):
 
 class WebTestCase(unittest.TestCase):
     def setUp(self):
-        self.store = fingerd.MemoryStore()
-        self.store._data = {"alice": Status("Happy and well", 1_700_000_000.0),
-                            "bob": Status("line one\nline two", 1_700_000_100.0),
-                            "mallory": Status(HOSTILE, 1_700_000_200.0)}
+        self.store = fingerd.MemoryStore(
+            statuses={"alice": Status("Happy and well", 1_700_000_000.0),
+                      "bob": Status("line one\nline two", 1_700_000_100.0),
+                      "mallory": Status(HOSTILE, 1_700_000_200.0)})
         self.server = serve(self, fingerd.WebServer(("127.0.0.1", 0), self.store))
         self.port = self.server.port
 
@@ -105,8 +110,7 @@ class PagesTest(WebTestCase):
                           "&lt;b&gt;bold&lt;/b&gt;", page)
 
     def test_control_characters_never_reach_the_page(self):
-        self.store._data["eve"] = Status("\x1b[31mred\x00\x07", 1.0)
-        self.store.version += 1
+        self.store.update({"eve": Status("\x1b[31mred\x00\x07", 1.0)})
         page = self.get("/eve")[1].decode("utf-8")
         self.assertIn('<p class="status">red</p>', page)
 
@@ -128,8 +132,7 @@ class PagesTest(WebTestCase):
             self.assertEqual(self.get(path)[0].status, 400, path)
 
     def test_empty_store(self):
-        self.store._data = {}
-        self.store.version += 1
+        self.store.replace({})
         self.assertIn("Nobody has set a status yet.", self.get("/")[1].decode())
 
     def test_query_strings_are_ignored_for_pages(self):
@@ -196,8 +199,10 @@ class HeadersAndCachingTest(WebTestCase):
 
     def test_pages_render_once_per_store_change(self):
         renders = []
-        real = self.server.render
-        self.server.render = lambda path, base="": renders.append(path) or real(path, base)
+        for name in ("render_user_list", "render_user"):
+            real = getattr(self.server, name)
+            setattr(self.server, name, lambda path, base, via, real=real:
+                    renders.append(path) or real(path, base, via))
         for _ in range(5):
             self.get("/")
             self.get("/alice")
@@ -439,7 +444,7 @@ class XMLRPCTest(WebTestCase):
         self.assertIn(b"<fault>", reply)
 
     def test_status_with_control_characters_is_valid_xml(self):
-        self.store._data["eve"] = Status("ok\x00\x01\x1b[31m", 1.0)
+        self.store.update({"eve": Status("ok\x00\x01\x1b[31m", 1.0)})
         self.assertEqual(self.proxy().getUser("eve"), "ok")
 
 
@@ -471,6 +476,104 @@ class ConcurrencyTest(WebTestCase):
         for t in threads:
             t.join()
         self.assertEqual(results, [(200, True)] * 200)
+
+
+class JSONAndWebFingerTest(unittest.TestCase):
+    def setUp(self):
+        self.store = fingerd.MemoryStore(
+            statuses={"alice": Status("Happy and well", 1_700_000_000.0),
+                      "bob": Status("one\n\x1b[31mtwo", 1_700_000_100.0)})
+        self.web = serve(self, fingerd.WebServer(("127.0.0.1", 0), self.store))
+
+    def get(self, path, host=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=TIMEOUT)
+        self.addCleanup(conn.close)
+        conn.request("GET", path, headers={"Host": host} if host else {})
+        response = conn.getresponse()
+        return response, response.read()
+
+    def test_user_json(self):
+        response, body = self.get("/bob.json", host="finger.example:8000")
+        self.assertEqual(response.getheader("Content-Type"), "application/json; charset=utf-8")
+        self.assertEqual(json.loads(body), {
+            "name": "bob", "status": "one\ntwo", "lines": ["one", "two"],
+            "set_at": "2023-11-14T22:15:00Z", "expires_at": None,
+            "url": "http://finger.example:8000/bob"})
+        etag = response.getheader("ETag")
+        conn = http.client.HTTPConnection("127.0.0.1", self.web.port, timeout=TIMEOUT)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/bob.json", headers={"Host": "finger.example:8000",
+                                                  "If-None-Match": etag})
+        self.assertEqual(conn.getresponse().status, 304)
+
+    def test_users_json_and_unknown(self):
+        document = json.loads(self.get("/users.json")[1])
+        self.assertEqual(document["count"], 2)
+        self.assertEqual([u["name"] for u in document["users"]], ["alice", "bob"])
+        response, body = self.get("/nobody.json")
+        self.assertEqual(response.status, 404)
+        self.assertEqual(json.loads(body), {"error": "No such user"})
+
+    def test_webfinger(self):
+        response, body = self.get("/.well-known/webfinger?resource=acct:alice@finger.example",
+                                  host="finger.example")
+        self.assertEqual(response.status, 200)
+        self.assertEqual(response.getheader("Content-Type"), "application/jrd+json")
+        self.assertEqual(response.getheader("Access-Control-Allow-Origin"), "*")
+        jrd = json.loads(body)
+        self.assertEqual(jrd["subject"], "acct:alice@finger.example")
+        self.assertIn({"rel": "http://webfinger.net/rel/profile-page", "type": "text/html",
+                       "href": "http://finger.example/alice"}, jrd["links"])
+        filtered = json.loads(self.get("/.well-known/webfinger?resource=acct:alice@x"
+                                       "&rel=describedby", host="x")[1])
+        self.assertEqual([link["rel"] for link in filtered["links"]], ["describedby"])
+
+    def test_webfinger_errors(self):
+        for path, code in (("/.well-known/webfinger", 400),
+                           ("/.well-known/webfinger?resource=", 400),
+                           ("/.well-known/webfinger?resource=acct:nobody@x", 404),
+                           ("/.well-known/webfinger?resource=http://x/alice", 404),
+                           ("/.well-known/webfinger?resource=acct:-l@x", 404)):
+            response, _ = self.get(path)
+            self.assertEqual(response.status, code, path)
+            self.assertEqual(response.getheader("Access-Control-Allow-Origin"), "*")
+
+    def test_hostile_host_header_is_refused_not_echoed(self):
+        response, body = self.get("/alice.json", host='evil"><script>')
+        self.assertEqual(response.status, 400)          # RFC 9112 §3.2: an invalid Host
+        self.assertNotIn(b"<script>", body)
+        body = self.get("/alice.json", host="[::1]:99")[1]
+        self.assertIn(b'"url": "http://[::1]:99/alice"', body)
+
+
+class FeedTest(unittest.TestCase):
+    def test_feed_of_changes_survives_a_restart(self):
+        db = os.path.join(temp_dir(self), "fingerd.db")
+        daemon = Daemon(self, "--db", db, "--http", "127.0.0.1:0")
+        setter = daemon.ports["setter"]
+        set_status(setter, "alice", "First <b>post</b>")
+        time.sleep(0.01)
+        set_status(setter, "bob", "Second\x1b[31m")
+        feed = self.fetch(daemon)
+        atom = "{http://www.w3.org/2005/Atom}"
+        entries = feed.findall(atom + "entry")
+        self.assertEqual([e.find(atom + "author/" + atom + "name").text for e in entries],
+                         ["bob", "alice"])
+        self.assertEqual(entries[1].find(atom + "content").text, "First <b>post</b>")
+        self.assertEqual(entries[0].find(atom + "content").text, "Second")
+        daemon.signal(signal.SIGTERM)
+        daemon.wait()
+        again = Daemon(self, "--db", db, "--http", "127.0.0.1:0")
+        self.assertEqual(len(self.fetch(again).findall(atom + "entry")), 2)
+
+    def fetch(self, daemon):
+        conn = http.client.HTTPConnection("127.0.0.1", daemon.ports["http"], timeout=TIMEOUT)
+        self.addCleanup(conn.close)
+        conn.request("GET", "/feed.atom")
+        response = conn.getresponse()
+        self.assertEqual(response.getheader("Content-Type"),
+                         "application/atom+xml; charset=utf-8")
+        return ElementTree.fromstring(response.read())
 
 
 if __name__ == "__main__":
