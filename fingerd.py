@@ -472,20 +472,21 @@ def parse_endpoint(spec: str, default_host: str = "", default_port: Optional[int
     if spec.lower() == "off":
         return None
     peer = default_port is not None
+    port: Optional[str] = None                   # None: no port given
     if spec.startswith("["):
         close = spec.find("]")
         rest = spec[close + 1:] if close >= 0 else ""
         if close < 0 or not (rest.startswith(":") or (peer and not rest)):
             raise ValueError("expected [IPV6]:PORT, got %r" % spec)
-        host, port = spec[1:close], rest[1:]
+        host, port = spec[1:close], rest[1:] if rest else None
     elif peer and spec.count(":") > 1:
-        host, port = spec, ""                    # a bare IPv6 address
+        host = spec                              # a bare IPv6 address
     elif ":" in spec:
         host, _, port = spec.rpartition(":")
         if ":" in host:
             raise ValueError("put IPv6 addresses in brackets: [%s]:%s" % (host, port))
     elif peer:
-        host, port = spec, ""
+        host = spec
     else:
         host, port = default_host, spec
     if not peer:
@@ -494,7 +495,7 @@ def parse_endpoint(spec: str, default_host: str = "", default_port: Optional[int
         return host, int(port)
     if not host:
         raise ValueError("expected HOST[:PORT] or off, got %r" % spec)
-    if not port:
+    if port is None:
         return host, default_port
     if not port.isdigit() or not 0 < int(port) <= 65535:
         raise ValueError("bad port in %r (1-65535)" % spec)
@@ -4599,17 +4600,15 @@ def rpc_dispatcher(store: Store, privacy: Privacy = PUBLIC):
     return dispatcher
 
 
-_date_cache = [0, ""]
-
-
 def http_date(epoch: Optional[float] = None) -> str:
-    """An IMF-fixdate; the current one is formatted once a second."""
-    if epoch is not None:
-        return email.utils.formatdate(epoch, usegmt=True)
-    now = int(time.time())
-    if _date_cache[0] != now:
-        _date_cache[:] = [now, email.utils.formatdate(now, usegmt=True)]
-    return _date_cache[1]
+    """An IMF-fixdate (RFC 9110 §5.6.7) of `epoch`, or of now: formatted once a second."""
+    return email.utils.formatdate(epoch, usegmt=True) if epoch is not None else \
+        _http_date_of(int(time.time()))
+
+
+@functools.lru_cache(maxsize=2)
+def _http_date_of(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
 
 
 def http_date_seconds(text: str) -> Optional[float]:
@@ -4823,15 +4822,11 @@ class WebHandler(BufferedRequestHandler):
         """One whole response (RFC 9112 §4, §6): status line, Date, Server, the security
         headers, `extra`, Content-Type and Content-Length, Connection; the body unless
         `head_only` or 304 (RFC 9110 §15.4.5), and no Content-Length for 204 (§8.6)."""
-        if code == 204:
-            return ("HTTP/1.1 204 No Content\r\nDate: %s\r\nServer: %s\r\n%s%sConnection: %s"
-                    "\r\n\r\n" % (http_date(), cls.server_version, SECURITY_HEADERS, extra,
-                                  "close" if close else "keep-alive")).encode("latin-1")
-        head = ("HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s"
-                "Content-Type: %s\r\nContent-Length: %d\r\nConnection: %s\r\n\r\n"
+        framing = "" if code == 204 else "Content-Type: %s\r\nContent-Length: %d\r\n" % (
+            content_type, len(body))
+        head = ("HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s%sConnection: %s\r\n\r\n"
                 % (code, reason_phrase(code), http_date(), cls.server_version,
-                   SECURITY_HEADERS, extra, content_type, len(body),
-                   "close" if close else "keep-alive"))
+                   SECURITY_HEADERS, extra, framing, "close" if close else "keep-alive"))
         return head.encode("latin-1") + (b"" if head_only or code == 304 else body)
 
     # Request parsing -----------------------------------------------------------------------
@@ -6421,22 +6416,22 @@ def uid_range_arg(spec: str) -> Tuple[int, int]:
 
 
 def non_negative_float(spec: str) -> float:
-    try:
-        value = float(spec)
-    except ValueError:
-        value = -1.0
-    if not value >= 0 or value != value or value == float("inf"):
-        raise argparse.ArgumentTypeError("expected a number, 0 or more, got %r" % spec)
-    return value
+    """A finite number, 0 or more (a rate)."""
+    return _number(spec, 0.0, float("inf"), "expected a number, 0 or more, got %r")
 
 
 def positive_float(spec: str) -> float:
+    """Seconds, more than 0 and less than 1e9: no thread can wait forever."""
+    return _number(spec, 5e-324, 1e9, "expected a positive number of seconds, got %r")
+
+
+def _number(spec: str, low: float, high: float, message: str) -> float:
     try:
         value = float(spec)
     except ValueError:
-        value = -1.0
-    if not 0 < value < 1e9:          # also refuses nan and inf (no thread can wait forever)
-        raise argparse.ArgumentTypeError("expected a positive number of seconds, got %r" % spec)
+        value = float("nan")
+    if not low <= value < high:          # nan compares false: refused too
+        raise argparse.ArgumentTypeError(message % spec)
     return value
 
 

@@ -1,4 +1,5 @@
-"""The command line, black-box: flags, exit statuses, listeners, signals."""
+"""The command line, black-box: flags, exit statuses, listeners, signals, and the
+--set/--clear client."""
 import os
 import signal
 import socket

@@ -466,5 +466,57 @@ class ConfigFileTest(unittest.TestCase):
         self.assertEqual(run_cli("@" + conf).returncode, 2)
 
 
+class BuiltOnceTest(unittest.TestCase):
+    """The daemon builds each server once, after the store is open, with everything it
+    needs: nothing is patched in afterwards (pixelated/pixelated-user-agent #684,
+    spinnaker/rosco #270, Draegerwerk/sdc11073 #320: requests served before the
+    configuration was in place; kirodotdev/KiroCrew #9682: a test built another object than
+    production does)."""
+
+    def test_every_server_has_what_the_daemon_opened(self):
+        path = os.path.join(temp_dir(self), "setter.sock")
+        args = fingerd.build_parser().parse_args(
+            ["--backend", "sqlite", "--db", os.path.join(temp_dir(self), "s.db"),
+             "--finger", "127.0.0.1:0", "--setter", "127.0.0.1:0", "--http", "127.0.0.1:0",
+             "--setter-socket", path, "--max-conns-per-ip", "3", "--rate", "7",
+             "--log-queries", "--trusted-proxy", "10.0.0.0/8", "--log-level", "error"])
+        daemon = fingerd.Daemon(args)
+        daemon.start()
+        self.addCleanup(daemon.stop)
+        self.assertEqual([type(s).__name__ for s in daemon.servers],
+                         ["FingerServer", "SetterServer", "WebServer", "UnixSetterServer"])
+        for server in daemon.servers:
+            with self.subTest(server=server.label):
+                self.assertIs(server.store, daemon.store)
+                self.assertIsInstance(daemon.store, fingerd.SQLiteStore)
+                self.assertIs(server.metrics, daemon.metrics)
+                self.assertTrue(server.log_queries)
+                self.assertEqual((server.limiter.max_conns, server.limiter.rate), (3, 7.0))
+        finger, setter, web, unix = daemon.servers
+        self.assertIs(web.monitor, daemon.monitor)
+        self.assertIs(daemon.monitor.store, daemon.store)
+        self.assertIs(daemon.monitor.servers, daemon.servers)
+        self.assertEqual([str(n) for n in web.limiter.exempt], ["10.0.0.0/8"])
+        self.assertEqual(finger.limiter.exempt, [])
+        self.assertFalse(unix.inline)                       # account lookups may wait
+        self.assertTrue(finger.inline and setter.inline and web.inline)
+        with socket.create_connection(("127.0.0.1", setter.port), timeout=TIMEOUT) as sock:
+            sock.sendall(b"alice\nBuilt once\n")
+            sock.shutdown(socket.SHUT_WR)
+            self.assertEqual(read_all(sock), b"OK\r\n")
+        self.assertEqual(query(finger.port, b"alice\r\n"), b"Built once\r\n")
+        self.assertEqual(daemon.store.get("alice").text, "Built once")
+
+    def test_a_failed_start_leaves_no_socket_file(self):
+        path = os.path.join(temp_dir(self), "setter.sock")
+        args = fingerd.build_parser().parse_args(
+            ["--backend", "file", "--users-file", os.path.join(temp_dir(self), "missing"),
+             "--finger", "127.0.0.1:0", "--setter", "off", "--http", "off",
+             "--setter-socket", path])
+        with self.assertRaises(fingerd.StartupError):
+            fingerd.Daemon(args).start()
+        self.assertFalse(os.path.exists(path))
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -329,5 +329,36 @@ class RetryAfterTest(unittest.TestCase):
         self.assertEqual(fingerd.retry_after(fingerd.http_date(5), now=100), 0.0)
 
 
+class ViaChainTest(unittest.TestCase):
+    """A request's Via chain goes with its own remote calls and no other's: it is passed
+    as an argument, not left on the worker thread (rorodata/firefly #70,
+    thehyve/fairspace #1582, grpc/grpc #40123: request context left on a pooled thread
+    reached the next request)."""
+
+    def test_one_requests_via_never_reaches_the_next(self):
+        authority = serve(self, fingerd.WebServer(("127.0.0.1", 0), fingerd.MemoryStore(
+            statuses={name: fingerd.Status(name.upper(), 1.0) for name in
+                      ("alice", "bob", "carol", "dave")})))
+        authority.instance_id = "authority"
+        seen = []
+        dispatcher = authority.rpc()
+        real = dispatcher.answer
+        dispatcher.answer = lambda data, via="": seen.append((data, via)) or real(data, via)
+        store = fingerd.RemoteStore(["http://127.0.0.1:%d/RPC2" % authority.port],
+                                    refresh=30, timeout=2)
+        self.addCleanup(store.close)
+        front = fingerd.WebServer(("127.0.0.1", 0), store)
+        front.max_workers = 1                       # every request on the same worker
+        serve(self, front)
+        own = "fingerd/" + fingerd.INSTANCE_ID
+        for name, via in (("alice", "1.1 proxy, fingerd/0123abcd"), ("bob", ""),
+                          ("carol", "1.1 other"), ("dave", "")):
+            headers = [("Via", via)] if via else []
+            code, _, body = get(front.port, "/%s.json" % name, headers=headers)
+            self.assertEqual(code, 200, body)
+            calls = [v for data, v in seen if name.encode() in data]
+            self.assertEqual(calls, [(via + ", " if via else "") + own], name)
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -283,5 +283,54 @@ class DateTest(unittest.TestCase):
                                    b"If-Modified-Since: Tue, 14 Nov 2023 22:13:20 GMT"), 200)
 
 
+class OneResponseEachTest(unittest.TestCase):
+    """Every request on a connection gets exactly one response, in order, and HEAD, 204 and
+    304 carry no body: a second response after an error desynchronises keep-alive
+    (falabellamichael/SignalR.E.A.C.H #10, matrix-org/synapse #3925), an unread rejected body
+    is parsed as the next request (JustVugg/colibri #610), error answers to HEAD carried a
+    body (mar10/wsgidav #371, fujita/swift3 #74), 304 a body (vibe-d/vibe.d #2268), 405 no
+    Allow (NLstn/go-odata #729)."""
+
+    def setUp(self):
+        store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", SET_AT)})
+        self.port = serve(self, fingerd.WebServer(("127.0.0.1", 0), store)).port
+
+    def test_errors_and_empty_bodies_keep_the_connection_in_step(self):
+        get = exchange(self.port, b"GET /alice HTTP/1.1\r\nHost: x\r\nConnection: close"
+                                  b"\r\n\r\n")[0][0]
+        etag, length = get[1]["etag"], get[1]["content-length"]
+        requests = [
+            (b"HEAD", b"HEAD /nobody HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+            (b"HEAD", b"HEAD /alice HTTP/1.1\r\nHost: x\r\n\r\n", 200),
+            (b"GET", b"GET /nobody.json HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+            (b"POST", b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 26\r\n\r\n"
+                      b"GET /evil HTTP/1.1\r\nX: y\r\n", 405),
+            (b"OPTIONS", b"OPTIONS /alice HTTP/1.1\r\nHost: x\r\n\r\n", 204),
+            (b"GET", b"GET /alice HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + etag.encode()
+                     + b"\r\n\r\n", 304),
+            (b"HEAD", b"HEAD /alice HTTP/1.1\r\nHost: x\r\nIf-None-Match: " + etag.encode()
+                      + b"\r\n\r\n", 304),
+            (b"GET", b"GET /alice HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", 200)]
+        with connect(self.port) as sock:
+            sock.sendall(b"".join(request for _, request, _ in requests))
+            data = read_all(sock)
+        for method, _, code in requests:
+            self.assertTrue(data.startswith(b"HTTP/1.1 %d " % code), (method, code, data[:80]))
+            head, _, data = data.partition(b"\r\n\r\n")
+            fields = dict(line.split(": ", 1) for line in
+                          head.decode("latin-1").split("\r\n")[1:])
+            if method == b"HEAD" and code == 200:
+                self.assertEqual(fields["Content-Length"], length)      # as GET's
+            if method == b"HEAD" or code in (204, 304):
+                continue                            # no body, whatever the fields say
+            body, data = data[:int(fields["Content-Length"])], \
+                data[int(fields["Content-Length"]):]
+            if code == 405:
+                self.assertEqual(fields["Allow"], "GET, HEAD, OPTIONS")
+            if code == 200:
+                self.assertIn(b"Happy and well", body)
+        self.assertEqual(data, b"")                 # nothing more: no second response
+
+
 if __name__ == "__main__":
     unittest.main()

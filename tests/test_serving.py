@@ -1,4 +1,5 @@
-"""The serving loop (PooledTCPServer) on its own, with a toy line protocol and no store.
+"""The serving loop (PooledTCPServer) on its own, with a toy line protocol and no store; then
+per-address limits (ClientLimiter) and a blocking store's bounded workers.
 
 Every test talks to a real server on port 0 over real sockets.  The toy protocol: a request
 is one line; the reply is the line in upper case; the connection persists.  Lines starting

@@ -1,5 +1,6 @@
-"""The setter: the tutorial protocol, its limits, access control.  Durability across kill -9
-under load is tests/test_hostile.py's FaultTest."""
+"""The setter: the tutorial protocol, its limits, access control, and the Unix setter socket
+that knows its caller.  Durability across kill -9 under load is tests/test_hostile.py's
+FaultTest."""
 import ipaddress
 import os
 import pwd

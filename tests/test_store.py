@@ -1,4 +1,5 @@
-"""The store contract, run against every backend, then each backend's own rules."""
+"""The store contract, run against every backend, then each backend's own rules, and
+expiring statuses."""
 import http.client
 import json
 import logging
@@ -49,6 +50,20 @@ class StoreContract:
         items = self.store.items()
         self.assertEqual([name for name, _ in items], ["alice", "bob", "carol"])
         self.assertEqual(items[0][1].text, "Happy and well")
+
+    def test_public_methods_are_the_templates_own(self):
+        # A backend that overrode get() skipped name checks, timing or locking (django
+        # #13325: cache backends missing validate_key(); ws-wss4j #6, rskj #1435: overrides
+        # that dropped `synchronized`).  Backends implement _get/_items/_set only.
+        for method in ("get", "items", "users", "set", "clear", "set_async"):
+            self.assertIs(getattr(type(self.store), method), getattr(fingerd.Store, method),
+                          method)
+        before = sum(self.store.read_seconds.snapshot()[0])
+        self.store.get("alice")
+        self.store.items()
+        self.store.users()
+        self.store.get("../alice")          # refused before the backend is asked, not timed
+        self.assertEqual(sum(self.store.read_seconds.snapshot()[0]), before + 3)
 
     def test_get_is_thread_safe_under_concurrent_use(self):
         errors = []

@@ -1,5 +1,6 @@
 """Text helpers: names, filtering of control characters and escapes, endpoints."""
 import unittest
+import unittest.mock
 
 from support import fingerd
 
@@ -89,6 +90,41 @@ class TimeTest(unittest.TestCase):
         self.assertEqual(fingerd.format_time(86400 * 2, now=86400 * 2 + 7200),
                          "1970-01-03 00:00:00 UTC (2 hours ago)")
         self.assertTrue(fingerd.format_time(100, now=100).endswith("(just now)"))
+
+
+class OneEndpointGrammarTest(unittest.TestCase):
+    """Every option that takes an address reads it the same way (hashicorp/boundary #701,
+    ElementsProject/lightning #5317, cfal/shoes #155: options of one program that split
+    [IPv6]:PORT differently)."""
+
+    def test_listeners_and_peers_agree(self):
+        listen = fingerd.parse_endpoint
+        peer = lambda spec: fingerd.parse_endpoint(spec, default_port=6667)     # noqa: E731
+        for spec, host, port in [("[::1]:7000", "::1", 7000), ("127.0.0.1:8080", "127.0.0.1",
+                                 8080), ("[fe80::1%eth0]:80", "fe80::1%eth0", 80),
+                                 ("localhost:7000", "localhost", 7000)]:
+            self.assertEqual(listen(spec), (host, port), spec)
+            self.assertEqual(peer(spec), (host, port), spec)
+            self.assertEqual(fingerd.parse_irc_server(spec, True), (host, port), spec)
+        self.assertEqual(peer("[::1]"), ("::1", 6667))
+        self.assertEqual(peer("::1"), ("::1", 6667))
+        for spec in ("[::1]79", "[::1", "1.2.3.4:", "host:x", "host:70000"):
+            for parse in (listen, peer):
+                with self.assertRaises(ValueError, msg=(spec, parse)):
+                    parse(spec)
+        for spec in ("::1:79",):
+            with self.assertRaises(ValueError):
+                listen(spec)
+
+    def test_the_command_line_takes_the_same_forms(self):
+        parse = fingerd.build_parser().parse_args
+        args = parse(["--finger", "[::1]:7979", "--http", "127.0.0.1:0", "--irc", "[::1]:7000"])
+        self.assertEqual(args.finger, ("::1", 7979))
+        self.assertEqual(fingerd.parse_irc_server(args.irc, args.irc_tls), ("::1", 7000))
+        for bad in (["--irc", "host:0"], ["--irc", ":6667"], ["--finger", "[::1]79"]):
+            with self.assertRaises(SystemExit, msg=bad), \
+                    unittest.mock.patch("sys.stderr"):
+                parse(bad)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Web pages and XML-RPC over real sockets: pages, escaping, caching, limits, keep-alive."""
+"""Web pages and XML-RPC over real sockets: pages, escaping, caching, limits, keep-alive,
+JSON, WebFinger and the Atom feed."""
 import base64
 import hashlib
 import http.client
