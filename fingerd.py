@@ -1301,26 +1301,10 @@ class SQLiteStore(DictStore):
         try:
             db.execute("BEGIN IMMEDIATE")
             if all(w.status is not None and not w.status.expires_at for w in batch):
-                # The common batch: lasting statuses only, in two statements.  A user has a
-                # slot-1 row only while in _expiring (expired ones are purged at load).
-                db.executemany(self.UPSERT, [(w.user, 0, w.status.text, w.status.set_at, None)
-                                             for w in batch])
-                with self.lock:
-                    shadowed = [(w.user,) for w in batch if w.user in self._expiring]
-                if shadowed:
-                    db.executemany("DELETE FROM statuses WHERE user = ? AND slot = 1", shadowed)
-                batch_done = True
+                self._write_lasting(batch)
             else:
-                batch_done = False
-            for w in ([] if batch_done else batch):
-                status = w.status
-                if status is None or not status.expires_at:      # a clear or a lasting status
-                    db.execute("DELETE FROM statuses WHERE user = ? AND slot = ?"
-                               if status is not None else "DELETE FROM statuses WHERE user = ?",
-                               (w.user, 1) if status is not None else (w.user,))
-                if status is not None:
-                    db.execute(self.UPSERT, (w.user, 1 if status.expires_at else 0, status.text,
-                                             status.set_at, status.expires_at or None))
+                for w in batch:
+                    self._write_one(w)
             db.execute("COMMIT")
         except sqlite3.Error as e:
             log.error("database %s: write of %d statuses failed: %s", self.path, len(batch), e)
@@ -1337,6 +1321,28 @@ class SQLiteStore(DictStore):
                 w.done(error)
             except Exception:
                 FAULTS.report("sqlite-writer", "completion callback")
+
+    def _write_lasting(self, batch: List[_Write]) -> None:
+        """The common batch, lasting statuses only, in two statements.  A user has a slot-1
+        row only while in _expiring (expired ones are purged at load)."""
+        self._db.executemany(self.UPSERT, [(w.user, 0, w.status.text, w.status.set_at, None)
+                                           for w in batch])
+        with self.lock:
+            shadowed = [(w.user,) for w in batch if w.user in self._expiring]
+        if shadowed:
+            self._db.executemany("DELETE FROM statuses WHERE user = ? AND slot = 1", shadowed)
+
+    def _write_one(self, w: _Write) -> None:
+        """A clear (both slots go), a lasting status (slot 0; an expiring one ends) or an
+        expiring one (slot 1)."""
+        status = w.status
+        if status is None:
+            self._db.execute("DELETE FROM statuses WHERE user = ?", (w.user,))
+            return
+        if not status.expires_at:
+            self._db.execute("DELETE FROM statuses WHERE user = ? AND slot = 1", (w.user,))
+        self._db.execute(self.UPSERT, (w.user, 1 if status.expires_at else 0, status.text,
+                                       status.set_at, status.expires_at or None))
 
     def _rollback(self) -> None:
         if self._db.in_transaction:
@@ -2934,8 +2940,9 @@ class ReplyBuffer:
         return b"".join(self.parts)
 
 
-class BufferedRequestHandler(socketserver.StreamRequestHandler):
-    """A StreamRequestHandler that runs on one complete request the loop already read.
+class BufferedRequestHandler(socketserver.BaseRequestHandler):
+    """A request handler that runs on one complete request the loop already read, with
+    StreamRequestHandler's rfile and wfile (whose own setup() would read the socket).
 
     `self.request` is the Connection; `self.rfile` holds exactly the request bytes and
     `self.wfile` collects the reply, which the loop sends without blocking.  `self.final` is
@@ -4377,29 +4384,26 @@ def render_metrics(monitor: Monitor) -> str:
     out.append("fingerd_backend_seconds_sum %r" % float(total))
     out.append("fingerd_backend_seconds_count %r" % float(running))
     upstreams = store.upstreams() if store is not None else []
-    family("fingerd_upstream_up", "gauge",
-           "1 while what the backend asks (the name service, a remote authority) "
-           "answers, 0 during an outage.",
-           [((("upstream", u.label),), 0 if u.down else 1) for u in upstreams])
-    family("fingerd_upstream_outages_total", "counter",
-           "Outages begun (first failure after an answer), by upstream.",
-           [((("upstream", u.label),), u.outages) for u in upstreams])
-    family("fingerd_upstream_failures_total", "counter",
-           "Calls that failed or missed their deadline, by upstream.",
-           [((("upstream", u.label),), u.failures) for u in upstreams])
-    family("fingerd_upstream_shed_total", "counter",
-           "Calls answered without asking it (as last known, or temporarily "
-           "unavailable): during an outage, or with too many already waiting.",
-           [((("upstream", u.label),), u.shed) for u in upstreams])
-    family("fingerd_upstream_slowdowns_total", "counter",
-           "Answers asking to slow down (429, 503 with Retry-After), by upstream.",
-           [((("upstream", u.label),), u.slowdowns) for u in upstreams])
-    family("fingerd_open_connections", "gauge", "Connections open, by listener.",
-           [((("listener", s.label),), s.open_connections) for s in monitor.servers])
-    family("fingerd_worker_threads", "gauge", "Worker threads started, by listener.",
-           [((("listener", s.label),), s.worker_threads) for s in monitor.servers])
-    family("fingerd_worker_threads_busy", "gauge", "Worker threads busy, by listener.",
-           [((("listener", s.label),), s.workers_busy) for s in monitor.servers])
+    for name, kind, value, help_text in (
+            ("up", "gauge", lambda u: 0 if u.down else 1, "1 while what the backend asks (the "
+             "name service, a remote authority) answers, 0 during an outage."),
+            ("outages_total", "counter", lambda u: u.outages,
+             "Outages begun (first failure after an answer), by upstream."),
+            ("failures_total", "counter", lambda u: u.failures,
+             "Calls that failed or missed their deadline, by upstream."),
+            ("shed_total", "counter", lambda u: u.shed, "Calls answered without asking it (as "
+             "last known, or temporarily unavailable): during an outage, or with too many "
+             "already waiting."),
+            ("slowdowns_total", "counter", lambda u: u.slowdowns,
+             "Answers asking to slow down (429, 503 with Retry-After), by upstream.")):
+        family("fingerd_upstream_" + name, kind, help_text,
+               [((("upstream", u.label),), value(u)) for u in upstreams])
+    for name, attribute, help_text in (
+            ("open_connections", "open_connections", "Connections open"),
+            ("worker_threads", "worker_threads", "Worker threads started"),
+            ("worker_threads_busy", "workers_busy", "Worker threads busy")):
+        family("fingerd_" + name, "gauge", help_text + ", by listener.",
+               [((("listener", s.label),), getattr(s, attribute)) for s in monitor.servers])
     return "\n".join(out) + "\n"
 
 
