@@ -493,7 +493,7 @@ def parse_endpoint(spec: str, default_host: str = "", default_port: Optional[int
         if not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("port must be 0-65535 (0: any free port), got %r" % port)
         return host, int(port)
-    if not host:
+    if not host or "[" in host or "]" in host:
         raise ValueError("expected HOST[:PORT] or off, got %r" % spec)
     if port is None:
         return host, default_port
@@ -2985,11 +2985,17 @@ EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 def listen_socket(address) -> socket.socket:
     """A listening socket: TCP on (host, port) (socket.create_server(); '::' also takes IPv4
     clients where the system allows it), or a Unix stream socket at a path, mode 0666 so
-    that every local user can reach it, replacing a socket file a previous run left.
-    LISTEN_BACKLOG: socketserver's 5 makes bursts wait for SYN retries.  Raises OSError."""
+    that every local user can reach it, replacing a socket file a previous run left (one
+    that a live process still listens on is EADDRINUSE).  LISTEN_BACKLOG: socketserver's 5
+    makes bursts wait for SYN retries.  Raises OSError."""
     if isinstance(address, str):
         try:
             if stat.S_ISSOCK(os.lstat(address).st_mode):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(1.0)
+                    live = probe.connect_ex(address) == 0
+                if live:
+                    raise OSError(errno.EADDRINUSE, "another process listens on it")
                 os.unlink(address)                  # left by a previous run
         except FileNotFoundError:
             pass
@@ -5871,8 +5877,9 @@ def bind_listener(label: str, endpoint) -> socket.socket:
         if e.errno == errno.EACCES and port < 1024:
             hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE; try --%s %d)" % (
                 label, port + 7900 if port < 100 else port + 7000)
+        # create_server() adds "(while attempting to bind on address ...)" to strerror.
         raise StartupError("cannot listen for %s on %s: %s%s" % (
-            label, format_address(host, port), e.strerror or e, hint))
+            label, format_address(host, port), os.strerror(e.errno) if e.errno else e, hint))
 
 
 def close_sockets(sockets: Iterable[Tuple[str, socket.socket, bool]]) -> None:

@@ -61,6 +61,8 @@ class StartupFailureTest(unittest.TestCase):
         out = run_cli("--backend", "memory", "--finger", "127.0.0.1:%d" % port,
                       "--setter", "off", "--http", "off")
         self.assert_one_line_failure(out, "127.0.0.1:%d" % port, "in use")
+        # create_server() puts "(while attempting to bind on address ...)" in strerror
+        self.assertTrue(out.stderr.strip().endswith("Address already in use"), out.stderr)
 
     @unittest.skipIf(os.geteuid() == 0, "root may bind low ports")
     def test_privileged_port_hint(self):
@@ -86,6 +88,19 @@ class StartupFailureTest(unittest.TestCase):
 
 
 class RunningDaemonTest(unittest.TestCase):
+    def test_a_second_fingerd_on_the_same_setter_socket_is_refused(self):
+        path = os.path.join(temp_dir(self), "setter.sock")
+        first = Daemon(self, "--backend", "memory", "--setter-socket", path)
+        out = run_cli("--backend", "memory", "--finger", "127.0.0.1:0", "--setter", "off",
+                      "--http", "off", "--setter-socket", path)
+        self.assertEqual(out.returncode, 1, out.stderr)
+        self.assertTrue(out.stderr.strip().endswith("%s: another process listens on it"
+                                                    % path), out.stderr)
+        self.assertTrue(os.path.exists(path))
+        first.signal(signal.SIGTERM)
+        self.assertEqual(first.wait(), 0)
+        self.assertFalse(os.path.exists(path))          # the first one's own, removed by it
+
     def test_port_zero_and_listening_lines(self):
         daemon = Daemon(self, "--backend", "memory")
         self.assertIn("finger", daemon.ports)

@@ -1,6 +1,7 @@
 """The setter: the tutorial protocol, its limits, access control, and the Unix setter socket
 that knows its caller.  Durability across kill -9 under load is tests/test_hostile.py's
 FaultTest."""
+import errno
 import ipaddress
 import os
 import pwd
@@ -192,6 +193,20 @@ class UnixSetterTest(unittest.TestCase):
         server.account_exists = lambda name: name in ("alice", me)
         self.server = serve(self, server)
         self.me = me
+
+    def test_a_live_socket_is_not_taken_over_and_a_stale_one_is_replaced(self):
+        # A second fingerd with the same --setter-socket unlinked the first one's live
+        # socket (outsider, issue 18): it is refused now, and the first keeps serving.
+        with self.assertRaises(OSError) as refused:
+            fingerd.UnixSetterServer(self.path, self.store)
+        self.assertEqual(refused.exception.errno, errno.EADDRINUSE)
+        self.assertEqual(unix_request(self.path, b"Still here\n"), b"OK\r\n")
+        stale = os.path.join(temp_dir(self), "stale.sock")
+        left = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        left.bind(stale)
+        left.close()                        # the file stays, nobody listens: a crashed run
+        serve(self, fingerd.UnixSetterServer(stale, self.store))
+        self.assertEqual(unix_request(stale, b"Replaced\n"), b"OK\r\n")
 
     def test_a_hung_directory_holds_up_only_its_own_caller(self):
         # Who is calling is an account lookup (a directory user's uid): it runs on a

@@ -108,6 +108,9 @@ class OneEndpointGrammarTest(unittest.TestCase):
             self.assertEqual(fingerd.parse_irc_server(spec, True), (host, port), spec)
         self.assertEqual(peer("[::1]"), ("::1", 6667))
         self.assertEqual(peer("::1"), ("::1", 6667))
+        for spec in ("::1]", "a]b:7000", "[::1]]:7000"):
+            with self.assertRaises(ValueError, msg=spec):
+                peer(spec)
         for spec in ("[::1]79", "[::1", "1.2.3.4:", "host:x", "host:70000"):
             for parse in (listen, peer):
                 with self.assertRaises(ValueError, msg=(spec, parse)):
