@@ -155,47 +155,6 @@ class StoreUnavailable(FingerdError):
     """The backend could not do what was asked (disk full, database locked, ...)."""
 
 
-class RequestLoop(StoreUnavailable):
-    """A remote answered that this request loops through the fingerd `instance` (its id in
-    Via chains): not this one, so the loop is another server's to break; the fault is
-    passed back towards it (loop_fault())."""
-
-    def __init__(self, instance: str) -> None:
-        super().__init__("request loop through fingerd/%s" % instance)
-        self.instance = instance
-
-
-# Request loops between federated servers (--backend xmlrpc), all in one place.  Each fingerd
-# has an id; a remote call carries the Via chain of the request it answers with this id added
-# (via_chain()); a call that arrives with the server's own id in Via already is answered with
-# loop_fault() instead of being passed on; a server that gets that fault back either stops
-# using the remote (its own id: RemoteStore) or passes it back (RequestLoop, another's id).
-INSTANCE_ID = "%016x" % random.SystemRandom().getrandbits(64)   # this process, in Via chains
-_LOOP_FAULT = re.compile(r"request loop: fingerd/([0-9a-zA-Z]+)")
-
-
-def via_chain(via: str, instance: str = INSTANCE_ID) -> str:
-    """The Via field a remote call carries: the request's chain, then fingerd `instance`."""
-    return (via + ", " if via else "") + "fingerd/" + instance
-
-
-def loops_through(via: str, instance: str) -> bool:
-    """True when a request's Via chain already went through fingerd `instance`."""
-    return "fingerd/" + instance in via
-
-
-def loop_fault(instance: str) -> str:
-    """The fault string of a request that arrived at fingerd `instance` with its own id in
-    Via already: its remotes lead back to it."""
-    return "request loop: fingerd/%s is among its own remotes" % instance
-
-
-def loop_origin(fault_string: str) -> Optional[str]:
-    """The id of the fingerd a loop_fault() names, or None for another fault."""
-    match = _LOOP_FAULT.search(fault_string)
-    return match.group(1) if match else None
-
-
 class Refusal(enum.Enum):
     """Why the serving loop answers a connection itself instead of (or before) its handler.
 
@@ -267,6 +226,50 @@ class Faults:
 
 
 FAULTS = Faults()
+
+
+# -- Request loops between federated servers ----------------------------------------------
+
+# All of loop detection (--backend xmlrpc).  Each fingerd has an id; a remote call carries the
+# Via chain of the request it answers with this id added (via_chain()); a call that arrives
+# with the server's own id in Via already is answered with loop_fault() instead of being
+# passed on (WebHandler.do_xmlrpc); a server that gets that fault back either stops using the
+# remote (its own id: RemoteStore._call) or passes it back (RequestLoop, another's id).
+
+class RequestLoop(StoreUnavailable):
+    """A remote answered that this request loops through the fingerd `instance` (its id in
+    Via chains): not this one, so the loop is another server's to break; the fault is
+    passed back towards it (loop_fault())."""
+
+    def __init__(self, instance: str) -> None:
+        super().__init__("request loop through fingerd/%s" % instance)
+        self.instance = instance
+
+
+INSTANCE_ID = "%016x" % random.SystemRandom().getrandbits(64)   # this process, in Via chains
+_LOOP_FAULT = re.compile(r"request loop: fingerd/([0-9a-zA-Z]+)")
+
+
+def via_chain(via: str, instance: str = INSTANCE_ID) -> str:
+    """The Via field a remote call carries: the request's chain, then fingerd `instance`."""
+    return (via + ", " if via else "") + "fingerd/" + instance
+
+
+def loops_through(via: str, instance: str) -> bool:
+    """True when a request's Via chain already went through fingerd `instance`."""
+    return "fingerd/" + instance in via
+
+
+def loop_fault(instance: str) -> str:
+    """The fault string of a request that arrived at fingerd `instance` with its own id in
+    Via already: its remotes lead back to it."""
+    return "request loop: fingerd/%s is among its own remotes" % instance
+
+
+def loop_origin(fault_string: str) -> Optional[str]:
+    """The id of the fingerd a loop_fault() names, or None for another fault."""
+    match = _LOOP_FAULT.search(fault_string)
+    return match.group(1) if match else None
 
 
 # -- Helpers: text, addresses, back-off, caches -------------------------------------------
