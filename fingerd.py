@@ -5451,8 +5451,9 @@ class IRCBot:
     A private message that is a user name gets 'Status of USER: STATUS'; '!finger USER' in a
     joined channel is answered in the channel.  It registers (PASS or SASL PLAIN, NICK, USER),
     takes nick_, nick__, ... when its nick is taken, answers PING at once and PINGs a silent
-    server itself, joins its channels after every welcome, and reconnects with back-off when
-    the link drops.  Outgoing lines go through a token bucket; NOTICEs, its own messages and
+    server itself, joins its channels after every welcome, and reconnects when the link drops,
+    with back-off (Backoff, among the helpers: Twisted's ReconnectingClientFactory schedule,
+    shared with Remote).  Outgoing lines go through a token bucket; NOTICEs, its own messages and
     CTCP other than VERSION and FINGER are never answered.  start() and stop() (QUIT, then the
     thread ends at once, even in a back-off wait)."""
 
