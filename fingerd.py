@@ -463,6 +463,17 @@ def describe_peer(peer) -> str:
     return str(peer) if peer else "a local client"
 
 
+_HOST_NAME_CHARS = re.compile(r"[A-Za-z0-9._-]+")
+
+
+def host_or_address(host: str) -> bool:
+    """True for a host name (letters, digits, '.', '_', '-') or an IP address, an IPv6 one
+    with a zone of the same characters (fe80::1%eth0)."""
+    address, percent, zone = host.partition("%")
+    return bool(_HOST_NAME_CHARS.fullmatch(host) or normalise_ip(address) and (
+        not percent or _HOST_NAME_CHARS.fullmatch(zone)))
+
+
 def parse_endpoint(spec: str, default_host: str = "", default_port: Optional[int] = None
                    ) -> Optional[Tuple[str, int]]:
     """The one HOST:PORT grammar of the command line -> (host, port), or None for 'off'.
@@ -493,10 +504,12 @@ def parse_endpoint(spec: str, default_host: str = "", default_port: Optional[int
     else:
         host, port = default_host, spec
     if not peer:
+        if host and not host_or_address(host):
+            raise ValueError("not a host name or address: %r" % host)
         if not port.isdigit() or not 0 <= int(port) <= 65535:
             raise ValueError("port must be 0-65535 (0: any free port), got %r" % port)
         return host, int(port)
-    if not host or "[" in host or "]" in host:
+    if not host or not host_or_address(host):
         raise ValueError("expected HOST[:PORT] or off, got %r" % spec)
     if port is None:
         return host, default_port
@@ -2987,36 +3000,56 @@ EVENT_READ, EVENT_WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 
 def listen_socket(address) -> socket.socket:
     """A listening socket: TCP on (host, port) (socket.create_server(); '::' also takes IPv4
-    clients where the system allows it), or a Unix stream socket at a path, mode 0666 so
-    that every local user can reach it, replacing a socket file a previous run left (one
-    that a live process still listens on is EADDRINUSE).  LISTEN_BACKLOG: socketserver's 5
-    makes bursts wait for SYN retries.  Raises OSError."""
+    clients where the system allows it), or a Unix stream socket at a path (unix_listener()).
+    LISTEN_BACKLOG: socketserver's 5 makes bursts wait for SYN retries.  Raises OSError."""
     if isinstance(address, str):
-        try:
-            if stat.S_ISSOCK(os.lstat(address).st_mode):
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-                    probe.settimeout(1.0)
-                    live = probe.connect_ex(address) == 0
-                if live:
-                    raise OSError(errno.EADDRINUSE, "another process listens on it")
-                os.unlink(address)                  # left by a previous run
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(address)
-            os.chmod(address, 0o666)
-            sock.listen(LISTEN_BACKLOG)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return unix_listener(address)
     host, port = address[0], address[1]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG,
                                 dualstack_ipv6=host == "::" and socket.has_dualstack_ipv6())
 
 
+def unix_listener(path: str) -> socket.socket:
+    """A Unix stream socket listening at `path`, mode 0666 so that every local user can
+    reach it.  A socket file there that refuses connections (ECONNREFUSED: a previous run's)
+    is replaced; one that a process listens on, even with its backlog full, is EADDRINUSE,
+    and one that cannot be probed (EACCES) is refused too, never taken.  Starts in the same
+    directory take turns (flock on the directory), so two cannot both take the path.
+    Raises OSError."""
+    import fcntl
+    try:
+        directory = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    except OSError:
+        directory = None                    # bind() will say what is wrong
+    try:
+        if directory is not None:
+            fcntl.flock(directory, fcntl.LOCK_EX)
+        try:
+            if stat.S_ISSOCK(os.lstat(path).st_mode):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+                    probe.settimeout(1.0)
+                    probe_error = probe.connect_ex(path)
+                if probe_error in (0, errno.EAGAIN):        # EAGAIN: alive, backlog full
+                    raise OSError(errno.EADDRINUSE, "another process listens on it")
+                if probe_error != errno.ECONNREFUSED:
+                    raise OSError(probe_error, "cannot tell whether another process listens "
+                                               "on it: " + os.strerror(probe_error))
+                os.unlink(path)                     # left by a previous run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(path)
+            os.chmod(path, 0o666)
+            sock.listen(LISTEN_BACKLOG)
+        except OSError:
+            sock.close()
+            raise
+        return sock
+    finally:
+        if directory is not None:
+            os.close(directory)                 # and with it the lock
 class PooledTCPServer(socketserver.BaseServer):
     """A TCPServer that serves many clients from one thread, and runs handlers that may block
     on a small pool of worker threads instead of a thread per connection.
@@ -3983,7 +4016,9 @@ class SetterHandler(BufferedRequestHandler):
         try:
             request = self.parse(strip_telnet(self.rfile.read()))
         except FingerdError as e:
-            self.wfile.write(self.server.outcome(user="?", peer=self.client_address, error=e))
+            # Nothing sent at all (a liveness probe, a scanner) is not a refused write.
+            self.wfile.write(self.server.outcome(user="?", peer=self.client_address, error=e,
+                                                 attempted=bool(self.request.request)))
             return
         conn, server, peer = self.request, self.server, self.client_address
 
@@ -4015,8 +4050,13 @@ class SetterServer(PooledTCPServer):
 
     handler_class = SetterHandler
 
-    def outcome(self, user: str, peer, error: Optional[FingerdError]) -> bytes:
-        """The setter's one-line answer for a finished write, logged."""
+    def outcome(self, user: str, peer, error: Optional[FingerdError],
+                attempted: bool = True) -> bytes:
+        """The setter's one-line answer for a finished write, logged and counted unless
+        nothing was `attempted` (an empty request)."""
+        if not attempted:
+            log.debug("setter: %s sent nothing", describe_peer(peer))
+            return b"ERROR " + str(error).encode("utf-8") + b"\r\n"
         self.metrics.add(WRITE_OK if error is None else WRITE_ERROR)
         if error is None:
             if self.log_queries:
@@ -4098,13 +4138,19 @@ class UnixSetterServer(SetterServer):
         the file at server_close() (systemd's socket file is systemd's)."""
         self.owns_path = options.get("sock") is None if owns_path is None else owns_path
         super().__init__(path, store, **options)
+        self._inode = None              # the socket file made here, removed only if unchanged
+        if self.owns_path:
+            try:
+                self._inode = os.lstat(self.server_address)[:2]     # (mode, ino)
+            except (OSError, TypeError):
+                pass
 
     def server_close(self) -> None:
         path = self.server_address
         super().server_close()
         try:
-            if self.owns_path and isinstance(path, str) and stat.S_ISSOCK(os.lstat(path).st_mode):
-                os.unlink(path)
+            if self.owns_path and self._inode == os.lstat(path)[:2]:
+                os.unlink(path)             # not another fingerd's, made since at this path
         except OSError:
             pass
 
@@ -5210,19 +5256,20 @@ class WebServer(PooledTCPServer):
 
     label = "http"
     nodelay = True
-    instance_id = INSTANCE_ID      # who this server is in Via chains (loop detection)
     idle_timeout = HTTP_IDLE_TIMEOUT
     max_cached_pages = 4096
 
     def __init__(self, address, store: Store, trusted_proxies: Sequence = (),
                  privacy: Privacy = PUBLIC, monitor: Optional[Monitor] = None,
-                 **options) -> None:
+                 instance_id: str = INSTANCE_ID, **options) -> None:
         """trusted_proxies: networks whose Forwarded/X-Forwarded-* headers are believed;
         privacy: what is published, and privacy.public_url, the canonical base of absolute
         links ('' for the request's own); monitor: what /healthz and /metrics report (by
-        default this listener and its store); `options`: PooledTCPServer's (sock, metrics,
-        limiter, log_queries)."""
+        default this listener and its store); instance_id: who it is in Via chains (another
+        id for a second server embedded in one process); `options`: PooledTCPServer's (sock,
+        metrics, limiter, log_queries)."""
         super().__init__(address, WebHandler, store, **options)
+        self.instance_id = instance_id
         self.trusted_proxies = list(trusted_proxies)
         self.privacy = privacy
         self.public_url = privacy.public_url
@@ -5881,9 +5928,12 @@ def bind_listener(label: str, endpoint) -> socket.socket:
         if e.errno == errno.EACCES and port < 1024:
             hint = " (ports below 1024 need root or CAP_NET_BIND_SERVICE; try --%s %d)" % (
                 label, port + 7900 if port < 100 else port + 7000)
-        # create_server() adds "(while attempting to bind on address ...)" to strerror.
+        # create_server() adds "(while attempting to bind on address ...)" to strerror; a
+        # resolver's error (socket.gaierror) has a negative errno and its own words.
+        words = os.strerror(e.errno) if isinstance(e.errno, int) and e.errno > 0 else \
+            (e.strerror or e)
         raise StartupError("cannot listen for %s on %s: %s%s" % (
-            label, format_address(host, port), os.strerror(e.errno) if e.errno else e, hint))
+            label, format_address(host, port), words, hint))
 
 
 def close_sockets(sockets: Iterable[Tuple[str, socket.socket, bool]]) -> None:

@@ -347,9 +347,13 @@ class ProcessStoreTest(ProcessTestCase):
 def remote_server(test, users):
     """A fingerd web server in this process, serving `users`, as a remote."""
     store = fingerd.MemoryStore(statuses={name: Status(text, 1.0) for name, text in users.items()})
-    server = serve(test, fingerd.WebServer(("127.0.0.1", 0), store))
-    server.instance_id = "remote%d" % server.port        # another server, not this process
+    remote_server.count += 1                # another server than this process in Via chains
+    server = serve(test, fingerd.WebServer(("127.0.0.1", 0), store,
+                                           instance_id="remote%d" % remote_server.count))
     return server, "http://127.0.0.1:%d/RPC2" % server.port
+
+
+remote_server.count = 0
 
 
 class RemoteStoreContractTest(StoreContract, unittest.TestCase):

@@ -64,6 +64,13 @@ class StartupFailureTest(unittest.TestCase):
         # create_server() puts "(while attempting to bind on address ...)" in strerror
         self.assertTrue(out.stderr.strip().endswith("Address already in use"), out.stderr)
 
+    def test_a_host_that_does_not_resolve(self):
+        # Outsider 2: a resolver's error has a negative errno; its words must stay.
+        out = run_cli("--backend", "memory", "--finger", "nosuchhost.invalid:0",
+                      "--setter", "off", "--http", "off")
+        self.assert_one_line_failure(out, "nosuchhost.invalid:0")
+        self.assertNotIn("Unknown error", out.stderr)
+
     @unittest.skipIf(os.geteuid() == 0, "root may bind low ports")
     def test_privileged_port_hint(self):
         out = run_cli("--backend", "memory", "--finger", "127.0.0.1:79", "--setter", "off",

@@ -158,8 +158,7 @@ class BackoffTest(unittest.TestCase):
 
     def test_a_down_authority_does_not_multiply_calls_to_the_others(self):
         store = fingerd.MemoryStore(statuses={"alice": fingerd.Status("A", 1.0)})
-        server = serve(self, fingerd.WebServer(("127.0.0.1", 0), store))
-        server.instance_id = "live"
+        server = serve(self, fingerd.WebServer(("127.0.0.1", 0), store, instance_id="live"))
         calls = []
         dispatcher = server.rpc()
         real = dispatcher.answer
@@ -264,8 +263,7 @@ class ConnectionTest(unittest.TestCase):
     def test_connections_are_kept_and_an_idle_close_is_retried_once(self):
         store = fingerd.MemoryStore(
             statuses={"alice": fingerd.Status("A", 1.0), "bob": fingerd.Status("B", 1.0)})
-        server = fingerd.WebServer(("127.0.0.1", 0), store)
-        server.instance_id = "authority"
+        server = fingerd.WebServer(("127.0.0.1", 0), store, instance_id="authority")
         server.idle_timeout = 0.3
         serve(self, server)
         front = fingerd.RemoteStore(["http://127.0.0.1:%d/RPC2" % server.port],
@@ -338,8 +336,7 @@ class ViaChainTest(unittest.TestCase):
     def test_one_requests_via_never_reaches_the_next(self):
         authority = serve(self, fingerd.WebServer(("127.0.0.1", 0), fingerd.MemoryStore(
             statuses={name: fingerd.Status(name.upper(), 1.0) for name in
-                      ("alice", "bob", "carol", "dave")})))
-        authority.instance_id = "authority"
+                      ("alice", "bob", "carol", "dave")}), instance_id="authority"))
         seen = []
         dispatcher = authority.rpc()
         real = dispatcher.answer

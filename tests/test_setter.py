@@ -208,6 +208,70 @@ class UnixSetterTest(unittest.TestCase):
         serve(self, fingerd.UnixSetterServer(stale, self.store))
         self.assertEqual(unix_request(stale, b"Replaced\n"), b"OK\r\n")
 
+    def test_a_socket_with_a_full_backlog_is_alive(self):
+        # Outsider 2: a stopped fingerd whose backlog is full answered EAGAIN, was taken
+        # for stale, and lost its socket.
+        path = os.path.join(temp_dir(self), "full.sock")
+        hung = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.addCleanup(hung.close)
+        hung.bind(path)
+        hung.listen(0)                      # never accepts
+        clients = []
+        self.addCleanup(lambda: [c.close() for c in clients])
+        while len(clients) < 100:
+            client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            client.setblocking(False)
+            clients.append(client)
+            if client.connect_ex(path) == errno.EAGAIN:
+                break
+        inode = os.lstat(path).st_ino
+        with self.assertRaises(OSError) as refused:
+            fingerd.UnixSetterServer(path, self.store)
+        self.assertEqual(refused.exception.errno, errno.EADDRINUSE)
+        self.assertEqual(os.lstat(path).st_ino, inode)
+
+    def test_starts_at_the_same_instant_take_turns(self):
+        # Outsider 2: between bind() and listen() a second start saw ECONNREFUSED and took
+        # the path; starts in one directory now take turns (flock).
+        for round_ in range(10):
+            path = os.path.join(temp_dir(self), "race.sock")
+            results, go = [], threading.Barrier(6)
+
+            def start():
+                go.wait()
+                try:
+                    results.append(fingerd.unix_listener(path))
+                except OSError as e:
+                    results.append(e.errno)
+            threads = [threading.Thread(target=start) for _ in range(6)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            winners = [r for r in results if isinstance(r, socket.socket)]
+            self.assertEqual(len(winners), 1, (round_, results))
+            self.assertEqual(sorted(r for r in results if not isinstance(r, socket.socket)),
+                             [errno.EADDRINUSE] * 5)
+            winners[0].close()
+
+    def test_closing_leaves_another_servers_socket_alone(self):
+        # Outsider 2: on exit a fingerd removed whatever socket was at its path by then.
+        path = os.path.join(temp_dir(self), "mine.sock")
+        mine = fingerd.UnixSetterServer(path, self.store)
+        os.unlink(path)                     # someone else's socket is at the path now
+        other = fingerd.UnixSetterServer(path, self.store)
+        self.addCleanup(other.server_close)
+        mine.server_close()
+        self.assertTrue(os.path.exists(path))
+
+    def test_an_empty_connection_is_not_a_refused_write(self):
+        # A liveness probe (another fingerd's start, a monitor) sends nothing: it gets the
+        # usual answer but is neither logged as a refused write nor counted as one.
+        with self.assertLogs("fingerd", "DEBUG") as logs:
+            self.assertTrue(unix_request(self.path, b"").startswith(b"ERROR "))
+        self.assertNotIn("refused a write", "\n".join(logs.output))
+        self.assertEqual(self.server.metrics.counters, {})
+
     def test_a_hung_directory_holds_up_only_its_own_caller(self):
         # Who is calling is an account lookup (a directory user's uid): it runs on a
         # worker with the name service's deadline, never on the listener's loop.

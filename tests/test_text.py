@@ -108,7 +108,11 @@ class OneEndpointGrammarTest(unittest.TestCase):
             self.assertEqual(fingerd.parse_irc_server(spec, True), (host, port), spec)
         self.assertEqual(peer("[::1]"), ("::1", 6667))
         self.assertEqual(peer("::1"), ("::1", 6667))
-        for spec in ("::1]", "a]b:7000", "[::1]]:7000"):
+        self.assertEqual(peer("fe80::1%lo"), ("fe80::1%lo", 6667))
+        self.assertEqual(peer("[fe80::1%lo]:7000"), ("fe80::1%lo", 7000))
+        for spec in ("::1]", "a]b:7000", "[::1]]:7000", "irc.example.net:6667:6667",
+                     "ircs://irc.libera.chat:6697", "irc.libera.chat/6697", "user@host",
+                     "irc.libera.chat :6667", "fe80::1%lo:6667"):
             with self.assertRaises(ValueError, msg=spec):
                 peer(spec)
         for spec in ("[::1]79", "[::1", "1.2.3.4:", "host:x", "host:70000"):
