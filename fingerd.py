@@ -44,8 +44,8 @@ import enum
 import errno
 import functools
 import html
-import http.client
 import http
+import http.client
 import io
 import itertools
 import json
@@ -559,7 +559,7 @@ class TTLCache:
 
     def __init__(self, ttl: float, size: int = 100000) -> None:
         self.ttl, self.size = ttl, size
-        self._entries: Dict[object, Tuple[float, float, object]] = {}   # fresh, kept, value
+        self._entries: Dict[object, Tuple[float, float, object]] = {}   # put, kept, value
 
     def put(self, key, value, keep: float = 0.0) -> None:
         now = time.monotonic()
@@ -567,12 +567,13 @@ class TTLCache:
             self._entries = {k: e for k, e in self._entries.items() if e[1] > now}
             if len(self._entries) >= self.size:
                 self._entries.clear()
-        self._entries[key] = (now + self.ttl, now + max(self.ttl, keep), value)
+        self._entries[key] = (now, now + max(self.ttl, keep), value)
 
     def fresh(self, key, default=None):
-        """The value put less than `ttl` seconds ago, else default."""
+        """The value put less than `ttl` seconds ago (ttl as it is now), else default."""
         entry = self._entries.get(key)
-        return entry[2] if entry is not None and entry[0] > time.monotonic() else default
+        return entry[2] if entry is not None and time.monotonic() - entry[0] < self.ttl \
+            else default
 
     def stale(self, key, default=None):
         """The value while it is kept, however old, else default."""
@@ -1632,7 +1633,7 @@ class NameService(Upstream):
         if accounts is None:
             import pwd
             accounts, passwd = pwd, passwd or "/etc/passwd"
-        self.accounts, self.passwd, self.ttl, self.timeout = accounts, passwd, ttl, timeout
+        self.accounts, self.passwd, self.timeout = accounts, passwd, timeout
         self._files: Tuple[object, Dict[object, object]] = (None, {})
         self._known = TTLCache(ttl)       # name or uid: the account, or None for none
         self._pending: Dict[object, object] = {}       # key: the Future asking NSS
@@ -2178,7 +2179,7 @@ class ProcessStore(Store):
         if path is None:
             raise StartupError("finger program %r not found or not executable (see "
                                "--finger-program)" % program)
-        self.program, self.refresh_seconds, self.timeout = path, refresh, timeout
+        self.program, self.timeout = path, timeout
         self._list = TTLCache(refresh)      # "list": the logged-in users with statuses
 
     @classmethod
@@ -2260,7 +2261,7 @@ class ProcessStore(Store):
             if status is not None:
                 found.append((name, status))
         with self.lock:
-            if found != self._list.stale("list"):
+            if found != self._list.stale("list", []):
                 self._changed()
             self._list.put("list", found, float("inf"))
         return found
@@ -2558,7 +2559,7 @@ class RemoteStore(Store):
         self.remotes = [Remote(url, refresh, timeout) for url in urls]
         for remote in self.remotes:
             remote.check = functools.partial(self._check, remote)
-        self.refresh_seconds, self.timeout = refresh, timeout
+        self.timeout = timeout
         self._known: Dict[str, Tuple[float, Status, Remote]] = {}   # when, status, authority
         self._unknown = TTLCache(refresh, 10000)    # names no authority knew: True
         self._merged: List[str] = []                 # the merged list last made
@@ -2566,6 +2567,15 @@ class RemoteStore(Store):
     @classmethod
     def from_args(cls, args):
         return cls(args.remote, args.refresh)
+
+    @property
+    def refresh_seconds(self) -> float:
+        """--refresh: how long an answer, "no such user" included, is fresh."""
+        return self._unknown.ttl
+
+    @refresh_seconds.setter
+    def refresh_seconds(self, value: float) -> None:
+        self._unknown.ttl = value
 
     def upstreams(self) -> List[Upstream]:
         return list(self.remotes)
