@@ -599,8 +599,9 @@ class VersionCache:
         nothing of its upstream's data)."""
         if store.blocking:
             return make()
-        if store.version != self.version:
-            self.values, self.version = {}, store.version
+        version = store.version            # a property: DictStore expires statuses there
+        if version != self.version:
+            self.values, self.version = {}, version
         value = self.values.get(key)
         if value is None:
             value = make()
