@@ -5,26 +5,40 @@
                                                    through ../shared/bench/compare.py
     python3 tests/bench.py --own [--duration S]    fingerd alone, with this file's stdlib load
 
+    python3 tests/bench.py --memory                what the daemon's memory is: RSS by
+                                                   mapping, and tracemalloc by module
+
 --own prints: start-up time to the first finger answer, finger q/s at 1 and 32 clients with
 p50/p99, server CPU per query, RSS after the load, setter writes/s at 32 clients on sqlite
 (durable), with 500 idle connections open: RSS, thread count and one query's answer time, and
 1,000 HTTP requests pipelined in one write: how long they take, and the latency of other
-clients' requests meanwhile (fairness between connections).
-Everything runs on 127.0.0.1 and stops by itself (bounded by --duration per load).
+clients' requests meanwhile (fairness between connections); RSS after the finger loads with
+HTTP off; `fingerd --inetd` per query, wall and CPU (the median of 50 runs, beside this
+interpreter's `-c pass` as the floor, and `python3 fingerd.py` run as a script); and the
+`fingerd --set` round trip through the setter socket (median of 50).
+fingerd runs as installed: through the ./fingerd wrapper (byte-compiled, -S), with this
+interpreter first on PATH.  Everything runs on 127.0.0.1 and stops by itself (bounded by
+--duration per load).
 """
 import argparse
+import collections
 import multiprocessing
 import os
+import resource
 import select
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WRAPPER = os.path.join(ROOT, "fingerd")
+# The wrapper's `python3` is this interpreter.
+ENV = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
 COMPARE = os.path.join(os.path.dirname(ROOT), "shared", "bench", "compare.py")
 STATUS = b"Happy and well"
 
@@ -162,14 +176,14 @@ def pipelined(http_port, count=1000):
     return elapsed, others[len(others) // 2], others[-1], received.count(b"HTTP/1.1 200")
 
 
-def start_fingerd(workdir, *args, http_port=None):
+def start_fingerd(workdir, *args, http_port=None, program=(WRAPPER,), env=None):
     fport, sport = free_port(), free_port()
-    argv = [sys.executable, os.path.join(ROOT, "fingerd.py"), *args,
+    argv = [*program, *args,
             "--finger", "127.0.0.1:%d" % fport, "--setter", "127.0.0.1:%d" % sport,
             "--http", "127.0.0.1:%d" % http_port if http_port else "off",
             "--log-level", "warning"]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, cwd=workdir, stdin=subprocess.DEVNULL, env=env or ENV)
     while time.perf_counter() - t0 < 20:
         try:
             if finger_once(fport, timeout=2):
@@ -180,19 +194,70 @@ def start_fingerd(workdir, *args, http_port=None):
     raise SystemExit("bench: fingerd did not answer within 20 s")
 
 
+def timed_runs(argv, runs=50, data=b"", env=None):
+    """Median wall and CPU milliseconds of `runs` runs of argv (CPU: the child's user and
+    system time, from RUSAGE_CHILDREN), each fed `data` on stdin."""
+    walls, cpus = [], []
+    for _ in range(runs):
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       env=env or ENV, check=False)
+        walls.append(time.perf_counter() - t0)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return statistics.median(walls) * 1e3, statistics.median(cpus) * 1e3
+
+
+def inetd_rows(users):
+    """--inetd per query through the wrapper and as a script, beside `-c pass`."""
+    floor = timed_runs([sys.executable, "-c", "pass"])
+    query = ["--inetd", "--backend", "file", "--users-file", users]
+    wrapper = timed_runs([WRAPPER, *query], data=b"alice\r\n")
+    script = timed_runs([sys.executable, os.path.join(ROOT, "fingerd.py"), *query], runs=10,
+                        data=b"alice\r\n")
+    return [
+        ("python3 -c pass (the floor): wall / CPU ms", "%.1f / %.1f" % floor),
+        ("fingerd --inetd, one query (./fingerd): wall / CPU ms, x floor",
+         "%.1f / %.1f, %.2fx" % (wrapper[0], wrapper[1], wrapper[0] / floor[0])),
+        ("python3 fingerd.py --inetd (compiled every run): wall / CPU ms",
+         "%.1f / %.1f" % script)]
+
+
+def set_round_trip(workdir):
+    """fingerd --set through the setter socket of a running sqlite daemon: median ms."""
+    path = os.path.join(workdir, "setter.sock")
+    proc, _, _, _ = start_fingerd(workdir, "--backend", "sqlite", "--db",
+                                  os.path.join(workdir, "set.db"), "--setter-socket", path)
+    try:
+        wall, cpu = timed_runs([WRAPPER, "--setter-socket", path, "--set", "In the bench"])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    return [("fingerd --set round trip (durable): wall / client CPU ms", "%.1f / %.1f"
+             % (wall, cpu))]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def own(args):
-    workdir = tempfile.mkdtemp(prefix="fingerd-bench-")
+def users_file(workdir):
     users = os.path.join(workdir, "users.txt")
     with open(users, "w") as f:
         f.write("alice: Happy and well\n")
         for i in range(1000):
             f.write("user%d: status of user %d\n" % (i, i))
+    return users
+
+
+def own(args):
+    workdir = tempfile.mkdtemp(prefix="fingerd-bench-")
+    users = users_file(workdir)
+    # As installed: the compiled module exists before the first start (py3compile).
+    subprocess.run([WRAPPER, "--version"], env=ENV, stdout=subprocess.DEVNULL, check=True)
     rows = []
     http_port = free_port()
     proc, fport, _, startup = start_fingerd(workdir, "--backend", "file", "--users-file", users,
@@ -226,6 +291,17 @@ def own(args):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)
+    proc, fport, _, _ = start_fingerd(workdir, "--backend", "file", "--users-file", users)
+    try:
+        for conc in (1, 32):
+            run_load(fport, "finger", conc, args.duration)
+        rows.append(("RSS after the finger loads, HTTP off, MiB",
+                     "%.1f" % (proc_value(proc.pid, "VmRSS") / 1024)))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(10)
+    rows += inetd_rows(users)
+    rows += set_round_trip(workdir)
     proc, _, sport, _ = start_fingerd(workdir, "--backend", "sqlite", "--db",
                                       os.path.join(workdir, "bench.db"))
     try:
@@ -245,11 +321,118 @@ def own(args):
         print("| %-*s | %s |" % (width, name, value))
 
 
+# Runs fingerd.main() as the wrapper does; SIGUSR2 writes a tracemalloc snapshot to $SNAPSHOT
+# (tracemalloc itself is started by PYTHONTRACEMALLOC, before the first import).
+MEMORY_DRIVER = """
+import os, signal, sys, tracemalloc
+sys.path[0] = os.path.dirname(sys.argv.pop(1))
+sys.dont_write_bytecode = True     # reads the compiled code the wrapper wrote; writes none
+def snapshot(signum, frame):
+    if tracemalloc.is_tracing():
+        with open(os.environ["SNAPSHOT"] + ".modules", "w") as f:
+            f.write("\\n".join(sorted(sys.modules)))
+        tracemalloc.take_snapshot().dump(os.environ["SNAPSHOT"] + ".part")
+        os.rename(os.environ["SNAPSHOT"] + ".part", os.environ["SNAPSHOT"])
+signal.signal(signal.SIGUSR2, snapshot)
+import fingerd
+sys.exit(fingerd.main())
+"""
+
+
+def rss_by_mapping(pid):
+    """kB of RSS by what is mapped: each file (the interpreter, libraries), [heap], [stack],
+    and anonymous memory (pymalloc arenas, thread stacks, malloc's per-thread arenas)."""
+    sizes = collections.Counter()
+    name = "?"
+    with open("/proc/%d/smaps" % pid) as f:
+        for line in f:
+            fields = line.split()
+            if fields and "-" in fields[0] and not fields[0].endswith(":"):
+                name = os.path.basename(fields[5]) if len(fields) >= 6 else "anonymous"
+                if len(fields) >= 6 and fields[5].startswith("["):
+                    name = fields[5]
+            elif fields and fields[0] == "Rss:":
+                sizes[name] += int(fields[1])
+    return sizes
+
+
+def memory(args):
+    """What the memory of a daemon with every listener on is, after the loads: RSS by
+    mapping, then (in a second daemon, with tracemalloc) Python's allocations by module."""
+    import tracemalloc
+    import xmlrpc.client
+    workdir = tempfile.mkdtemp(prefix="fingerd-bench-")
+    users = users_file(workdir)
+    subprocess.run([WRAPPER, "--version"], env=ENV, stdout=subprocess.DEVNULL, check=True)
+    snapshot_path = os.path.join(workdir, "snapshot")
+    results = {}
+    for traced in (False, True):
+        env = dict(ENV, SNAPSHOT=snapshot_path)
+        if traced:
+            env["PYTHONTRACEMALLOC"] = "1"
+        http_port = free_port()
+        proc, fport, _, _ = start_fingerd(
+            workdir, "--backend", "file", "--users-file", users, http_port=http_port,
+            program=(sys.executable, "-S", "-c", MEMORY_DRIVER,
+                     os.path.join(ROOT, "fingerd.py")), env=env)
+        try:
+            run_load(fport, "finger", 32, args.duration)
+            pipelined(http_port)
+            with xmlrpc.client.ServerProxy("http://127.0.0.1:%d/RPC2" % http_port) as rpc:
+                rpc.getUsers()
+                for _ in range(200):
+                    rpc.getUser("alice")
+            time.sleep(0.5)
+            results[traced] = (proc_value(proc.pid, "VmRSS"), rss_by_mapping(proc.pid),
+                               proc_value(proc.pid, "Threads"))
+            if traced:
+                proc.send_signal(signal.SIGUSR2)
+                for _ in range(200):
+                    if os.path.exists(snapshot_path):
+                        break
+                    time.sleep(0.05)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(10)
+    rss, mappings, threads = results[False]
+    print("RSS after the loads (finger c=32, 1,000 pipelined GET /alice, XML-RPC): "
+          "%.1f MiB, %d threads\n" % (rss / 1024, threads))
+    print("| mapped | MiB |\n|---|---:|")
+    for name, kb in mappings.most_common(12):
+        print("| %s | %.2f |" % (name, kb / 1024))
+    rest = sum(kb for _, kb in mappings.most_common()[12:])
+    print("| (everything else) | %.2f |" % (rest / 1024))
+    snapshot = tracemalloc.Snapshot.load(snapshot_path)
+    stats = snapshot.statistics("filename")
+    total = sum(s.size for s in stats)
+    with open(snapshot_path + ".modules") as f:
+        modules = len(f.read().split())
+    print("\nPython's own allocations (tracemalloc, in a second daemon under the same loads; "
+          "RSS there %.1f MiB, tracing included): %.2f MiB, %d modules loaded\n"
+          % (results[True][0] / 1024, total / 2**20, modules))
+    importing = {"<frozen importlib._bootstrap_external>": "loading modules: their compiled "
+                 "code (.pyc unmarshalled)", "<frozen importlib._bootstrap>": "loading "
+                 "modules: module objects, specs"}
+    print("| allocated by | MiB | blocks |\n|---|---:|---:|")
+    for stat in stats[:20]:
+        name = stat.traceback[0].filename
+        name = importing.get(name) or name.replace(sys.prefix, "<prefix>").replace(
+            ROOT, "<root>")
+        print("| %s | %.2f | %d |" % (name, stat.size / 2**20, stat.count))
+    print("| (everything else) | %.2f | |" % (sum(s.size for s in stats[20:]) / 2**20))
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--own", action="store_true", help="fingerd alone, stdlib load")
+    parser.add_argument("--memory", action="store_true",
+                        help="where the memory goes: RSS by mapping, tracemalloc by module")
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per load (--own)")
     args, rest = parser.parse_known_args()
+    if args.memory:
+        memory(args)
+        return
     if not args.own and os.path.exists(COMPARE):
         os.chdir(ROOT)
         os.execv(sys.executable, [sys.executable, COMPARE, *rest])

@@ -23,7 +23,7 @@ FINGERD = os.environ.get("FINGERD") or os.path.join(ROOT, "fingerd.py")
 TIMEOUT = 10.0          # no client socket in the tests waits longer than this
 
 
-def _module_path() -> str:
+def module_path() -> str:
     """The fingerd.py the white-box tests import: FINGERD itself, or the module a launcher
     runs (the wrapper's neighbour, or the package's /usr/share/fingerd/fingerd.py)."""
     if FINGERD.endswith(".py"):
@@ -36,7 +36,7 @@ def _module_path() -> str:
 
 
 def _load_fingerd():
-    loader = importlib.machinery.SourceFileLoader("fingerd", _module_path())
+    loader = importlib.machinery.SourceFileLoader("fingerd", module_path())
     spec = importlib.util.spec_from_loader("fingerd", loader)
     module = importlib.util.module_from_spec(spec)
     sys.modules["fingerd"] = module
@@ -174,8 +174,9 @@ class Daemon:
     """fingerd as a subprocess on port 0, its ports read from its log; stopped at cleanup."""
 
     def __init__(self, test: unittest.TestCase, *args, env=None, cwd=None,
-                 ready: str = "serving with", prefix=()):
-        """`prefix`: what runs the command (nsenter into a namespace, ip netns exec)."""
+                 ready: str = "serving with", prefix=(), program=None):
+        """`prefix`: what runs the command (nsenter into a namespace, ip netns exec);
+        `program`: the argv that runs fingerd, instead of command()'s."""
         self.args = list(args)
         defaults = {"--finger": "127.0.0.1:0", "--setter": "127.0.0.1:0", "--http": "off"}
         for flag, value in defaults.items():
@@ -183,7 +184,8 @@ class Daemon:
                 self.args += [flag, value]
         full_env = dict(os.environ)
         full_env.update(env or {})
-        self.proc = subprocess.Popen(list(prefix) + command(*self.args),
+        argv = list(program) + self.args if program else command(*self.args)
+        self.proc = subprocess.Popen(list(prefix) + argv,
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env,
                                      cwd=cwd)

@@ -1,14 +1,18 @@
 """The command line, black-box: flags, exit statuses, listeners, signals, and the
 --set/--clear client."""
+import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
+import sys
 import time
 import unittest
+import xmlrpc.client
 
-from support import (TIMEOUT, Daemon, command, connect, fingerd, query, read_all, run_cli,
-                     temp_dir, write_file)
+from support import (TIMEOUT, Daemon, command, connect, fingerd, module_path, query, read_all,
+                     run_cli, set_status, temp_dir, write_file)
 
 
 class HelpAndUsageTest(unittest.TestCase):
@@ -224,6 +228,213 @@ class ClientTest(unittest.TestCase):
     def test_environment_names_the_socket(self):
         out = run_cli("--set", "via the environment", env={"FINGERD_SETTER_SOCKET": self.path})
         self.assertEqual(out.returncode, 0, out.stderr)
+
+
+# Runs fingerd.main() as the wrapper does (python3 -S, the module imported), and at exit
+# writes the names in sys.modules to $MODULES_OUT, one a line.
+MODULES_DRIVER = """
+import atexit, os, sys
+sys.path[0] = os.path.dirname(sys.argv.pop(1))
+sys.dont_write_bytecode = True     # no __pycache__ in the tree under test
+def dump():
+    with open(os.environ["MODULES_OUT"], "w") as f:
+        f.write("\\n".join(sorted(sys.modules)))
+atexit.register(dump)
+import fingerd
+sys.exit(fingerd.main())
+"""
+
+# What each mode may import: standard modules (with whatever they import in turn on this
+# Python), beyond what the interpreter loads to run nothing.  Issue 19: HTTP's modules,
+# sqlite3, ssl, xmlrpc, subprocess, logging ... are imported by what uses them, where it
+# starts, so that --inetd and a finger-only daemon do not pay for them.
+EVERY_MODE = ("__future__", "argparse", "bisect", "codecs", "enum", "errno", "functools",
+              "gettext", "io", "itertools", "locale", "os", "re", "select", "selectors", "socket",
+              "socketserver", "stat", "threading", "time")
+DAEMON = EVERY_MODE + ("ipaddress", "logging", "resource", "signal")
+NEVER_WITHOUT_HTTP = ("http", "http.client", "http.server", "email", "email.utils", "ssl",
+                      "xmlrpc", "xmlrpc.client", "xmlrpc.server", "json", "html", "zlib",
+                      "gzip", "datetime", "urllib.parse", "sqlite3", "subprocess", "shutil",
+                      "typing", "random", "base64", "ctypes", "concurrent.futures", "queue")
+
+
+class ImportCostTest(unittest.TestCase):
+    """Each mode imports only what it uses (issue 19), checked on the modules loaded at exit
+    after the mode has done its work, so that a later import does not creep back."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.out = os.path.join(self.dir, "modules.txt")
+        self.program = [sys.executable, "-S", "-c", MODULES_DRIVER, module_path()]
+        self.users = write_file(os.path.join(self.dir, "users"), "alice: Happy\n")
+
+    def loaded(self) -> set:
+        with open(self.out) as f:
+            return set(f.read().split())
+
+    def allowed(self, modules) -> set:
+        """What importing `modules` loads on this Python, plus fingerd itself."""
+        code = ("import atexit, os, sys, %s\n"
+                "atexit.register(lambda: open(os.environ['MODULES_OUT'], 'w')"
+                ".write('\\n'.join(sys.modules)))" % ", ".join(modules))
+        out = os.path.join(self.dir, "allowed.txt")
+        subprocess.run([sys.executable, "-S", "-c", code], check=True, timeout=TIMEOUT,
+                       env=dict(os.environ, MODULES_OUT=out))
+        with open(out) as f:
+            return set(f.read().split()) | {"fingerd"}
+
+    def assert_only(self, modules, never=NEVER_WITHOUT_HTTP):
+        loaded = self.loaded()
+        self.assertIn("fingerd", loaded)
+        self.assertEqual(sorted(loaded - self.allowed(modules)), [],
+                         "imported beyond what this mode uses")
+        self.assertEqual(sorted(loaded & set(never)), [])
+
+    def test_inetd_imports_only_the_finger_path(self):
+        out = subprocess.run(self.program + ["--inetd", "--backend", "file", "--users-file",
+                                             self.users],
+                             input=b"alice\r\n", capture_output=True, timeout=TIMEOUT,
+                             env=dict(os.environ, MODULES_OUT=self.out))
+        self.assertEqual(out.stdout, b"Happy\r\n", out.stderr)
+        self.assert_only(EVERY_MODE, NEVER_WITHOUT_HTTP + ("logging", "traceback", "signal",
+                                                           "ipaddress", "shutil"))
+
+    def serve_and_stop(self, *args, modules=DAEMON, never=NEVER_WITHOUT_HTTP) -> bytes:
+        """Start a daemon with HTTP, the setter socket and IRC off; list users, write a
+        status, finger it, stop; check what it imported.  The setter's answer."""
+        daemon = Daemon(self, *args, "--http", "off", "--setter-socket", "off", "--irc", "off",
+                        program=self.program, env={"MODULES_OUT": self.out})
+        finger, setter = daemon.ports["finger"], daemon.ports["setter"]
+        answer = set_status(setter, "alice", "Out")
+        self.assertIn(b"alice", query(finger, b"\r\n"))
+        expected = b"Out\r\n" if answer.startswith(b"OK") else b"Happy\r\n"
+        self.assertTrue(query(finger, b"/W alice\r\n").endswith(expected))
+        daemon.signal(signal.SIGTERM)
+        self.assertEqual(daemon.wait(), 0, daemon.log)
+        self.assert_only(modules, never)
+        return answer
+
+    def test_a_finger_only_daemon_imports_no_web_modules(self):
+        answer = self.serve_and_stop("--backend", "file", "--users-file", self.users)
+        self.assertTrue(answer.startswith(b"ERROR"), answer)        # the file is read-only
+
+    def test_only_the_sqlite_backend_imports_sqlite3(self):
+        db = os.path.join(self.dir, "f.db")
+        sqlite = ("sqlite3", "queue", "datetime")        # sqlite3 imports datetime
+        self.assertEqual(self.serve_and_stop(
+            "--backend", "sqlite", "--db", db, modules=DAEMON + sqlite,
+            never=tuple(m for m in NEVER_WITHOUT_HTTP if m not in sqlite)), b"OK\r\n")
+        self.assertIn("sqlite3", self.loaded())
+
+    def test_the_client_and_version_import_only_their_own(self):
+        out = subprocess.run(self.program + ["--setter-socket", os.path.join(self.dir, "no"),
+                                             "--set", "x"],
+                             capture_output=True, timeout=TIMEOUT,
+                             env=dict(os.environ, MODULES_OUT=self.out))
+        self.assertIn(b"cannot reach the setter socket", out.stderr)
+        self.assert_only(EVERY_MODE + ("pwd",), NEVER_WITHOUT_HTTP + ("logging", "signal"))
+        out = subprocess.run(self.program + ["--version"], capture_output=True,
+                             timeout=TIMEOUT, env=dict(os.environ, MODULES_OUT=self.out))
+        self.assertEqual(out.stdout, ("fingerd %s\n" % fingerd.__version__).encode())
+        self.assert_only(EVERY_MODE, NEVER_WITHOUT_HTTP + ("logging", "signal"))
+
+    def test_no_pattern_is_compiled_at_import(self):
+        """The module-level patterns compile at their first use (LazyPattern)."""
+        compiled = [name for name, value in vars(fingerd).items()
+                    if isinstance(value, re.Pattern)]
+        self.assertEqual(compiled, [])
+        self.assertIsInstance(fingerd.NAME_RE.fullmatch("alice"), re.Match)
+
+
+# Runs fingerd.main() with --user's privilege drop replaced by what it can do to imports:
+# after it, the interpreter's own files may be out of reach (a Python under a 0700 /root),
+# so from then on any module not loaded yet fails to import.
+PRELOAD_DRIVER = """
+import os, sys
+sys.path[0] = os.path.dirname(sys.argv.pop(1))
+sys.dont_write_bytecode = True     # no __pycache__ in the tree under test
+import fingerd
+
+class OutOfReach:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        raise ImportError("%s: imported after the privilege drop" % name)
+
+def drop_privileges(user):
+    sys.meta_path.insert(0, OutOfReach)
+
+fingerd.drop_privileges = drop_privileges
+sys.exit(fingerd.main())
+"""
+
+
+class PreloadTest(unittest.TestCase):
+    """Every module a mode imports after start-up is imported before --user drops
+    privileges (preload()), so no request fails for a module it cannot load then."""
+
+    def start(self, *args):
+        self.daemon = Daemon(self, *args, "--user", "nobody", "--http", "127.0.0.1:0",
+                             "--log-level", "debug",
+                             program=[sys.executable, "-S", "-c", PRELOAD_DRIVER,
+                                      module_path()])
+        return self.daemon.ports["finger"], self.daemon.ports["http"]
+
+    def get(self, port, path, headers=()):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        try:
+            conn.request("GET", path, headers=dict(headers))
+            response = conn.getresponse()
+            return response.status, response.getheader("Last-Modified"), response.read()
+        finally:
+            conn.close()
+
+    def exercise_web(self, port, user):
+        for path in ("/", "/users.json", "/feed.atom", "/healthz", "/metrics",
+                     "/%s.json" % user, "/.well-known/webfinger?resource=acct:%s@localhost"
+                     % user):
+            self.assertIn(self.get(port, path)[0], (200, 403, 404), path)
+        code, modified, _ = self.get(port, "/" + user)
+        self.assertEqual(code, 200)
+        self.assertEqual(self.get(port, "/" + user, [("If-Modified-Since", modified)])[0], 304)
+        self.assertEqual(self.get(port, "/", [("Accept-Encoding", "gzip")])[0], 200)
+        with xmlrpc.client.ServerProxy("http://127.0.0.1:%d/RPC2" % port) as proxy:
+            self.assertIn(user, proxy.getUsers())
+            self.assertTrue(proxy.getUser(user))
+            self.assertEqual(proxy.getUser("nosuch42"), fingerd.NO_SUCH_USER)
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+        conn.request("POST", "/RPC2", body=b"<?xml version='1.0'?><methodCall><bad",
+                     headers={"Content-Type": "text/xml"})
+        self.assertIn(b"<fault>", conn.getresponse().read())
+        conn.close()
+
+    def exercise_finger(self, port, user):
+        for line in (b"\r\n", b"/W " + user.encode() + b"\r\n", b"nosuch42\r\n",
+                     b"caf\xe9\r\n", b"\xff\xfeA\x00\r\n", b"alice@elsewhere\r\n"):
+            self.assertTrue(query(port, line), line)
+
+    def assert_no_failure(self):
+        self.daemon.signal(signal.SIGTERM)
+        self.assertEqual(self.daemon.wait(), 0, self.daemon.log)
+        self.assertNotIn("imported after the privilege drop", self.daemon.log)
+        self.assertNotIn("Traceback", self.daemon.log)
+        self.assertNotIn("internal error", self.daemon.log)
+
+    def test_sqlite_with_every_listener(self):
+        db = os.path.join(temp_dir(self), "f.db")
+        finger, web = self.start("--backend", "sqlite", "--db", db)
+        self.assertEqual(set_status(self.daemon.ports["setter"], "alice", "Caf\u00e9 \u2615"),
+                         b"OK\r\n")
+        self.exercise_finger(finger, "alice")
+        self.exercise_web(web, "alice")
+        self.assert_no_failure()
+
+    def test_pwd_backend(self):
+        finger, web = self.start("--backend", "pwd", "--setter", "off")
+        user = fingerd.account_name(os.getuid())
+        self.exercise_finger(finger, user)
+        for path in ("/", "/users.json", "/" + user, "/nosuch42"):
+            self.assertIn(self.get(web, path)[0], (200, 403, 404), path)
+        self.assert_no_failure()
 
 
 if __name__ == "__main__":

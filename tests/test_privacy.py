@@ -240,7 +240,7 @@ class FailClosedTest(PlanPrivacyTestCase):
             with self.subTest(errno=errno.errorcode[code]):
                 store.policy._unsure.clear()
                 with unittest.mock.patch.object(fingerd.os, "lstat", failing):
-                    with self.assertLogs(fingerd.log, "DEBUG") as logs:
+                    with self.assertLogs("fingerd", "DEBUG") as logs:
                         self.assertIsNone(store.get("dave"))
                         self.assertIsNone(store.get("dave"))
                         store.refresh()

@@ -208,7 +208,7 @@ class FileDecodingTest(unittest.TestCase):
     def test_users_file_with_bom_crlf_and_separators(self):
         data = ("\ufeffalice: first user\r\nbob: second\r\n"
                 "eve: red alert\x0cff end\r\ncarol: a\x0bb\x85c\u2028d\u2029e\n").encode()
-        with self.assertLogs(fingerd.log, "DEBUG") as logs:     # (assertNoLogs is 3.10+)
+        with self.assertLogs("fingerd", "DEBUG") as logs:     # (assertNoLogs is 3.10+)
             fingerd.log.debug("start")
             users = fingerd.parse_users(fingerd.decode_text(data))
         self.assertEqual([r.levelname for r in logs.records], ["DEBUG"])
@@ -575,7 +575,7 @@ class FileEdgesTest(unittest.TestCase):
         legacy = b"mac: La fen\x90tre est ouverte, tr\x8fs bien\n"        # MacRoman
         joined = (b"\xef\xbb\xbfa: one\n\xef\xbb\xbfjoined: after a BOM mid-file\n"
                   b"path: C:\\\\new\\\\temp\nzed:\n")
-        with self.assertLogs(fingerd.log, "WARNING") as logs:
+        with self.assertLogs("fingerd", "WARNING") as logs:
             users = fingerd.parse_users(fingerd.decode_text(legacy))
             users.update(fingerd.parse_users(fingerd.decode_text(joined)))
         self.assertEqual({u: s.text for u, s in users.items()}, {
