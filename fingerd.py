@@ -6106,7 +6106,7 @@ def lazy_modules(args: argparse.Namespace, serving: bool = True) -> List[str]:
     are not listed: those are loaded before main() runs."""
     # client addresses, account names, Daemon.run's signals, the setter socket's SO_PEERCRED
     modules = ["ipaddress", "pwd", "signal", "struct"]
-    pool = "concurrent.futures.thread"           # ThreadPoolExecutor: workers, lookups
+    pool = "concurrent.futures.thread"    # ThreadPoolExecutor: workers of blocking stores
     web = ["_strptime", "datetime", "email.utils", "gzip", "html", "http", "json",
            "urllib.parse", "wsgiref.handlers", "xml.parsers.expat", "xmlrpc.client",
            "xmlrpc.server", "zlib"]
@@ -6117,7 +6117,6 @@ def lazy_modules(args: argparse.Namespace, serving: bool = True) -> List[str]:
                           "xml.parsers.expat", "xmlrpc.client"]}
     modules += backend.get(args.backend, [])
     if serving:
-        modules += [pool, "queue"]
         if args.http and args.http != "off":
             modules += web
         if args.irc and args.irc != "off":
@@ -6132,9 +6131,8 @@ def preload(args: argparse.Namespace, serving: bool = True) -> None:
     the codecs that decode_text() and host_key() use: after --user, the interpreter's own
     files may be out of reach (a Python under a 0700 /root, a venv in a private home), and a
     module that cannot load then would fail requests, not start-up."""
-    import importlib
     for name in lazy_modules(args, serving):
-        importlib.import_module(name)
+        __import__(name)                   # a dotted name imports its package too
     for codec in ("cp1252", "utf-16", "idna", "punycode"):
         codecs.lookup(codec)
     if args.backend in ("pwd", "process"):
@@ -6523,6 +6521,19 @@ class Daemon:
             self.store.close()
             self.store = None
 
+    def warm_up(self) -> None:
+        """Once serving, import what this configuration will import at first use (preload;
+        with --user it already has): a first request then pays no import, and a Python
+        upgraded on disk while the daemon runs (unattended-upgrades) cannot hand it a newer
+        module that does not fit the ones loaded (CPython issue 124170).  Start-up, to the
+        first answer, does not wait for it.  A module that cannot load is a warning here
+        and fails only what uses it."""
+        try:
+            preload(self.args)
+        except Exception as e:
+            log.warning("could not import everything at start-up: %s: %s",
+                        type(e).__name__, e)
+
     def run(self, notifier: "Notifier") -> int:
         """start(), then wait for signals, reload() on SIGHUP and supervise() every second
         (WATCHDOG=1 while healthy), until SIGTERM or SIGINT (a second SIGINT exits at
@@ -6560,6 +6571,7 @@ class Daemon:
             say_fatal(str(e))
             return 1
         notifier.send("READY=1", "STATUS=" + self.status_line())
+        self.warm_up()
         tick = min(notifier.watchdog or 1.0, 1.0)
         fatal = None
         while True:

@@ -3,6 +3,7 @@
 import http.client
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -11,8 +12,8 @@ import time
 import unittest
 import xmlrpc.client
 
-from support import (TIMEOUT, Daemon, command, connect, fingerd, module_path, query, read_all,
-                     run_cli, set_status, temp_dir, write_file)
+from support import (ROOT, TIMEOUT, Daemon, command, connect, fingerd, module_path, query,
+                     read_all, run_cli, set_status, temp_dir, write_file)
 
 
 class HelpAndUsageTest(unittest.TestCase):
@@ -251,7 +252,11 @@ sys.exit(fingerd.main())
 EVERY_MODE = ("__future__", "argparse", "bisect", "codecs", "enum", "errno", "functools",
               "gettext", "io", "itertools", "locale", "os", "re", "select", "selectors", "socket",
               "socketserver", "stat", "threading", "time")
-DAEMON = EVERY_MODE + ("ipaddress", "logging", "resource", "signal")
+# A daemon also imports, once serving, what its configuration will use (Daemon.warm_up):
+# here the codecs of legacy text and of IDNA host names.
+DAEMON = EVERY_MODE + ("ipaddress", "logging", "pwd", "resource", "signal", "struct",
+                       "encodings.cp1252", "encodings.idna", "encodings.punycode",
+                       "encodings.utf_16")
 NEVER_WITHOUT_HTTP = ("http", "http.client", "http.server", "email", "email.utils", "ssl",
                       "xmlrpc", "xmlrpc.client", "xmlrpc.server", "json", "html", "zlib",
                       "gzip", "datetime", "urllib.parse", "sqlite3", "subprocess", "shutil",
@@ -348,7 +353,9 @@ class ImportCostTest(unittest.TestCase):
 
 # Runs fingerd.main() with --user's privilege drop replaced by what it can do to imports:
 # after it, the interpreter's own files may be out of reach (a Python under a 0700 /root),
-# so from then on any module not loaded yet fails to import.
+# so from then on any module not loaded yet fails to import.  With $AFTER_WARM_UP set, the
+# same from the end of Daemon.warm_up() on, without --user: as if the Python on disk had
+# been upgraded under the running daemon.
 PRELOAD_DRIVER = """
 import os, sys
 sys.path[0] = os.path.dirname(sys.argv.pop(1))
@@ -363,7 +370,17 @@ class OutOfReach:
 def drop_privileges(user):
     sys.meta_path.insert(0, OutOfReach)
 
-fingerd.drop_privileges = drop_privileges
+warm_up = fingerd.Daemon.warm_up
+
+def warm_up_then_lose_access(self):
+    warm_up(self)
+    sys.meta_path.insert(0, OutOfReach)
+    print("no more imports", file=sys.stderr, flush=True)
+
+if os.environ.get("AFTER_WARM_UP"):
+    fingerd.Daemon.warm_up = warm_up_then_lose_access
+else:
+    fingerd.drop_privileges = drop_privileges
 sys.exit(fingerd.main())
 """
 
@@ -372,9 +389,9 @@ class PreloadTest(unittest.TestCase):
     """Every module a mode imports after start-up is imported before --user drops
     privileges (preload()), so no request fails for a module it cannot load then."""
 
-    def start(self, *args):
-        self.daemon = Daemon(self, *args, "--user", "nobody", "--http", "127.0.0.1:0",
-                             "--log-level", "debug",
+    def start(self, *args, user=("--user", "nobody"), env=None):
+        self.daemon = Daemon(self, *args, *user, "--http", "127.0.0.1:0",
+                             "--log-level", "debug", env=env,
                              program=[sys.executable, "-S", "-c", PRELOAD_DRIVER,
                                       module_path()])
         return self.daemon.ports["finger"], self.daemon.ports["http"]
@@ -428,6 +445,43 @@ class PreloadTest(unittest.TestCase):
         self.exercise_web(web, "alice")
         self.assert_no_failure()
 
+    def test_nothing_is_imported_after_the_warm_up(self):
+        db = os.path.join(temp_dir(self), "f.db")
+        finger, web = self.start("--backend", "sqlite", "--db", db, user=(),
+                                 env={"AFTER_WARM_UP": "1"})
+        self.assertTrue(self.daemon.wait_for_log("no more imports"))
+        self.assertEqual(set_status(self.daemon.ports["setter"], "alice", "Out"), b"OK\r\n")
+        self.exercise_finger(finger, "alice")
+        self.exercise_web(web, "alice")
+        self.assert_no_failure()
+
+    def test_first_requests_all_at_once(self):
+        """Forty first requests of every kind at once, as the daemon starts: the modules
+        they import at first use (in worker threads, with the pwd backend) and the warm-up
+        importing the same ones never deadlock or see a half-imported module."""
+        import concurrent.futures
+        daemon = Daemon(self, "--backend", "pwd", "--http", "127.0.0.1:0", "--setter", "off")
+        finger, web = daemon.ports["finger"], daemon.ports["http"]
+        user = fingerd.account_name(os.getuid())
+        paths = ["/", "/users.json", "/feed.atom", "/metrics", "/healthz", "/" + user,
+                 "/%s.json" % user, "/.well-known/webfinger?resource=acct:%s@localhost" % user]
+
+        def one(i):
+            if i % 3 == 0:
+                return bool(query(finger, b"/W " + user.encode() + b"\r\n"))
+            if i % 3 == 1:
+                with xmlrpc.client.ServerProxy("http://127.0.0.1:%d/RPC2" % web) as rpc:
+                    return isinstance(rpc.getUsers(), list)       # the ordinary accounts
+            path = paths[i % len(paths)]
+            return path, self.get(web, path)[0]
+        with concurrent.futures.ThreadPoolExecutor(40) as pool:
+            answers = list(pool.map(one, range(40)))
+        self.assertEqual([a for a in answers if a is False or isinstance(a, tuple) and
+                          a[1] not in (200, 403, 404)], [])
+        daemon.signal(signal.SIGTERM)
+        self.assertEqual(daemon.wait(), 0, daemon.log)
+        self.assertNotIn("Traceback", daemon.log)
+
     def test_pwd_backend(self):
         finger, web = self.start("--backend", "pwd", "--setter", "off")
         user = fingerd.account_name(os.getuid())
@@ -435,6 +489,46 @@ class PreloadTest(unittest.TestCase):
         for path in ("/", "/users.json", "/" + user, "/nosuch42"):
             self.assertIn(self.get(web, path)[0], (200, 403, 404), path)
         self.assert_no_failure()
+
+
+class WrapperTest(unittest.TestCase):
+    """./fingerd runs fingerd.py compiled once (issue 19), and only fingerd.py."""
+
+    def setUp(self):
+        self.dir = temp_dir(self)
+        self.tree = os.path.join(self.dir, "tree with space")
+        os.mkdir(self.tree)
+        shutil.copy(os.path.join(ROOT, "fingerd"), self.tree)
+        shutil.copy(module_path(), os.path.join(self.tree, "fingerd.py"))
+        self.env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1",
+                        PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+
+    def run_wrapper(self, *args, program=None, cwd=None):
+        return subprocess.run([program or os.path.join(self.tree, "fingerd"), *args],
+                              capture_output=True, text=True, timeout=TIMEOUT, env=self.env,
+                              cwd=cwd or self.dir)
+
+    def test_compiled_once_and_an_edit_is_seen(self):
+        self.assertEqual(self.run_wrapper("--version").stdout.split(), ["fingerd",
+                                                                         fingerd.__version__])
+        cache = os.path.join(self.tree, "__pycache__")
+        self.assertEqual([name.split(".")[0] for name in os.listdir(cache)], ["fingerd"])
+        path = os.path.join(self.tree, "fingerd.py")
+        with open(path) as f:
+            text = f.read()
+        with open(path, "w") as f:                 # another size: a new version, not stale
+            f.write(text.replace('__version__ = "%s"' % fingerd.__version__,
+                                 '__version__ = "9.9.9-edited"'))
+        self.assertEqual(self.run_wrapper("--version").stdout, "fingerd 9.9.9-edited\n")
+
+    def test_through_a_symlink_and_not_the_callers_modules(self):
+        for name in ("socket.py", "argparse.py", "fingerd.py"):
+            write_file(os.path.join(self.dir, name), "raise SystemExit('hijacked')\n")
+        link = os.path.join(self.dir, "bin-fingerd")
+        os.symlink(os.path.join(self.tree, "fingerd"), link)
+        out = self.run_wrapper("--version", program=link, cwd=self.dir)
+        self.assertEqual((out.returncode, out.stdout, out.stderr),
+                         (0, "fingerd %s\n" % fingerd.__version__, ""))
 
 
 if __name__ == "__main__":
