@@ -123,14 +123,10 @@ class LazyLogger:
     """logging.getLogger(name), with `logging` imported at the first use rather than at
     start: --inetd and fingerd --set log only when something goes wrong, and logging (with
     the traceback module it imports) is 4 ms of their 25.  `setup`, when set before that
-    first use, is then called with the logger (configure_logging(..., deferred=True)).
-    After the first use the logger's methods (debug ... critical, exception, log,
-    isEnabledFor) are this object's own attributes, so a call costs what it costs on the
-    logger; any other attribute is the logger's.  `logger` is the logging.Logger itself,
-    for what needs one (unittest's assertLogs)."""
-
-    METHODS = ("debug", "info", "warning", "error", "critical", "exception", "log",
-               "isEnabledFor")
+    first use, is then called with the logger (configure_logging(..., deferred=True)).  At
+    the first use the module-level names bound to it (`log`) are rebound to the logger, so
+    that later calls cost nothing more; anything else holding it gets the logger's
+    attributes through it."""
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -142,9 +138,11 @@ class LazyLogger:
         setup, self.setup = self.setup, None
         if setup is not None:
             setup(logger)
-        self.__dict__.update((method, getattr(logger, method)) for method in self.METHODS)
-        self.__dict__["logger"] = logger
-        return logger if attr == "logger" else getattr(logger, attr)
+        module = globals()
+        for name, value in list(module.items()):
+            if value is self:
+                module[name] = logger
+        return getattr(logger, attr)
 
 
 log = LazyLogger("fingerd")
@@ -157,7 +155,9 @@ class LazyPattern:
     After that first use, the compiled pattern's methods (match, fullmatch, search, sub,
     subn, split, findall, finditer) are this object's own attributes, so a call costs what
     it costs on a re.Pattern; any other attribute (pattern, groups ...) is the compiled
-    pattern's.  Compiling twice in two threads at once is harmless: re.compile is pure."""
+    pattern's.  The module-level names bound to it are rebound to the compiled pattern then,
+    so that later calls cost nothing more.  Compiling twice in two threads at once is
+    harmless: re.compile is pure."""
 
     METHODS = ("match", "fullmatch", "search", "sub", "subn", "split", "findall", "finditer")
 
@@ -167,6 +167,10 @@ class LazyPattern:
     def __getattr__(self, name: str):
         compiled = re.compile(*self.source)
         self.__dict__.update((method, getattr(compiled, method)) for method in self.METHODS)
+        module = globals()
+        for global_name, value in list(module.items()):   # from now on, the pattern itself
+            if value is self:
+                module[global_name] = compiled
         return getattr(compiled, name)
 
 
@@ -4921,6 +4925,7 @@ class HTTPError(FingerdError):
         self.close, self.as_json = close, as_json
 
 
+@functools.lru_cache(maxsize=64)
 def reason_phrase(code: int) -> str:
     """The status's reason phrase (RFC 9110 §15), as http.server gives it."""
     import http
@@ -4951,6 +4956,19 @@ class WebHandler(BufferedRequestHandler):
     recv_size = 65536
     server_version = "fingerd/" + __version__
 
+    # What parse_request() made of a request head that came alone (no body), by its bytes:
+    # a client sends the same head again and again (keep-alive, polling, a benchmark), and
+    # parsing it is a pure function of those bytes.  Bounded: emptied when full.
+    PARSED: Dict[bytes, tuple] = {}
+    PARSED_MAX = 128                      # heads remembered
+    PARSED_HEAD = 2048                    # bytes: a longer head is parsed every time
+    # Whole responses built by response_bytes() this second (their Date is in the key), by
+    # what made them; emptied each second, or when full.  At most 128 x 8 KiB.
+    BUILT: Dict[tuple, bytes] = {}
+    BUILT_MAX = 128
+    BUILT_SIZE = 8192
+    built_date = ""
+
     # Every path served: path -> (the do_* method answering it, the methods it takes).
     # Any other path is a user: /USER or /USER.json (do_user).
     ROUTES = {
@@ -4966,6 +4984,8 @@ class WebHandler(BufferedRequestHandler):
 
     @classmethod
     def request_length(cls, buf, eof):
+        if len(buf) <= cls.PARSED_HEAD and buf in cls.PARSED:
+            return len(buf)          # a head parsed before, whole, with no body
         start = len(buf) - len(buf.lstrip(b"\r\n"))     # stray CRLFs between requests
         if start > 8 or not _METHOD_START.match(buf, start):
             return len(buf)          # a flood of empty lines, or bytes no request starts with
@@ -5020,12 +5040,23 @@ class WebHandler(BufferedRequestHandler):
         """One whole response (RFC 9112 §4, §6): status line, Date, Server, the security
         headers, `extra`, Content-Type and Content-Length, Connection; the body unless
         `head_only` or 304 (RFC 9110 §15.4.5), and no Content-Length for 204 (§8.6)."""
+        date = http_date()
+        key = (code, body, content_type, close, head_only, extra, date)
+        built = cls.BUILT.get(key)
+        if built is not None:
+            return built
         framing = "" if code == 204 else "Content-Type: %s\r\nContent-Length: %d\r\n" % (
             content_type, len(body))
         head = ("HTTP/1.1 %d %s\r\nDate: %s\r\nServer: %s\r\n%s%s%sConnection: %s\r\n\r\n"
-                % (code, reason_phrase(code), http_date(), cls.server_version,
+                % (code, reason_phrase(code), date, cls.server_version,
                    SECURITY_HEADERS, extra, framing, "close" if close else "keep-alive"))
-        return head.encode("latin-1") + (b"" if head_only or code == 304 else body)
+        built = head.encode("latin-1") + (b"" if head_only or code == 304 else body)
+        if len(built) <= cls.BUILT_SIZE:
+            if len(cls.BUILT) >= cls.BUILT_MAX or date != cls.built_date:
+                cls.BUILT.clear()             # a new second: every Date is old
+                WebHandler.built_date = date
+            cls.BUILT[key] = built
+        return built
 
     # Request parsing -----------------------------------------------------------------------
 
@@ -5055,12 +5086,18 @@ class WebHandler(BufferedRequestHandler):
         bare CR (§2.2, §5.1, §5.2, §6.1, §6.3); a missing (HTTP/1.1) or repeated Host
         (RFC 9112 §3.2).  Persistence follows §9.3: HTTP/1.1 unless 'close', HTTP/1.0 only
         with 'keep-alive'; every response says which (Connection: keep-alive or close)."""
+        data = self.request.request
+        parsed = self.PARSED.get(data) if len(data) <= self.PARSED_HEAD else None
+        if parsed is not None:
+            (self.requestline, self.command, self.path, self.request_version, self.headers,
+             close, self.body_length, self.via) = parsed
+            self.close_connection = close or self.final
+            return
         raw = self.rfile.readline(MAX_REQUEST_LINE + 3)
         while raw in (b"\r\n", b"\n"):
             raw = self.rfile.readline(MAX_REQUEST_LINE + 3)
         line = raw.decode("latin-1").rstrip("\r\n")
         self.requestline = line
-        data = self.request.request
         end = _HEAD_END.search(data)
         if _BAD_HEAD.search(data, 0, end.end() if end else len(data)):
             raise HTTPError(400, "The request holds a NUL or a bare CR.")
@@ -5090,11 +5127,11 @@ class WebHandler(BufferedRequestHandler):
         tokens = {t.strip(" \t").lower() for t in ",".join(connection).split(",")} \
             if connection else ()
         if version == "HTTP/1.1":
-            self.close_connection = "close" in tokens
+            close = "close" in tokens
         else:
-            self.close_connection = "keep-alive" not in tokens or "close" in tokens
-        if self.final:                   # the connection's last request (max_requests)
-            self.close_connection = True
+            close = "keep-alive" not in tokens or "close" in tokens
+        # the connection's last request (max_requests) closes it
+        self.close_connection = close or self.final
         hosts = field("host")
         if len(hosts) > 1:
             raise HTTPError(400, "A request has one Host header.")
@@ -5124,6 +5161,12 @@ class WebHandler(BufferedRequestHandler):
             raise HTTPError(413, "Request bodies are limited to %d bytes." % MAX_RPC_BODY)
         # The Via chain travels on with any remote call this request makes (via_chain()).
         self.via = ", ".join(field("via"))[:4096]
+        if self.body_length is None and len(data) <= self.PARSED_HEAD and end is not None \
+                and end.end() == len(data):
+            if len(self.PARSED) >= self.PARSED_MAX:
+                self.PARSED.clear()
+            self.PARSED[data] = (line, self.command, self.path, version, headers, close,
+                                 None, self.via)
 
     forwarded_scheme = ""
     forwarded_host = ""
@@ -5254,7 +5297,6 @@ class WebHandler(BufferedRequestHandler):
     def route(self) -> None:
         """Answer the request through ROUTES; HTTPError for a target that is no path here,
         or a method the resource does not take."""
-        import urllib.parse
         target = self.path
         if target == "*":                                 # OPTIONS * (RFC 9110 §9.3.7)
             if self.command != "OPTIONS":
@@ -5262,14 +5304,17 @@ class WebHandler(BufferedRequestHandler):
             self.allowed(("GET", "HEAD", "POST", "OPTIONS"))
             return
         if target.startswith(("http://", "https://")):     # absolute-form (RFC 9112 §3.2.2)
+            import urllib.parse
             target = urllib.parse.urlsplit(target).path or "/"
         path = target.partition("?")[0].partition("#")[0]
         if not path.startswith("/"):
             raise HTTPError(400, "The request target must be a path.")
-        try:
-            path = urllib.parse.unquote_to_bytes(path).decode("utf-8")
-        except UnicodeDecodeError:
-            raise HTTPError(400, "The path is not UTF-8.")
+        if "%" in path or not path.isascii():       # else unquoting gives it back as it is
+            import urllib.parse
+            try:
+                path = urllib.parse.unquote_to_bytes(path).decode("utf-8")
+            except UnicodeDecodeError:
+                raise HTTPError(400, "The path is not UTF-8.")
         if not path.isprintable():          # NUL, other controls, invisible characters
             raise HTTPError(400, "The path has control characters.")
         name, methods = self.ROUTES.get(path, self.USER_ROUTE)
@@ -6255,10 +6300,11 @@ def configure_logging(level: str, inetd: bool = False, deferred: bool = False) -
         logger.setLevel(level.upper())
         logger.propagate = False
 
-    if deferred and "logger" not in vars(log):
+    if deferred and isinstance(log, LazyLogger):
         log.setup = setup
     else:
-        setup(log.logger)
+        import logging
+        setup(logging.getLogger("fingerd"))
 
 
 def stderr_is_client() -> bool:

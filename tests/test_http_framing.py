@@ -332,5 +332,41 @@ class OneResponseEachTest(unittest.TestCase):
         self.assertEqual(data, b"")                 # nothing more: no second response
 
 
+class RepeatedHeadTest(unittest.TestCase):
+    """A head seen before is answered from what parsing it made (WebHandler.PARSED), and a
+    response built this second is sent again (BUILT): neither may change an answer."""
+
+    def setUp(self):
+        store = fingerd.MemoryStore(statuses={"alice": Status("Happy and well", SET_AT)})
+        server = fingerd.WebServer(("127.0.0.1", 0), store)
+        server.max_requests = 3
+        self.port = serve(self, server).port
+
+    def test_the_same_head_again_gets_the_same_answer_and_the_last_one_closes(self):
+        head = b"GET /alice HTTP/1.1\r\nHost: finger.test\r\n\r\n"
+        responses, closed = exchange(self.port, head * 3)
+        self.assertTrue(closed)
+        self.assertEqual([(code, h.get("connection")) for code, h, _ in responses],
+                         [(200, "keep-alive"), (200, "keep-alive"), (200, "close")])
+        self.assertEqual(len({body for _, _, body in responses}), 1)
+        with connect(self.port) as sock:               # HEAD, then GET, of the same page
+            sock.sendall(head.replace(b"GET", b"HEAD") + head.replace(
+                b"\r\n\r\n", b"\r\nConnection: close\r\n\r\n"))
+            raw = read_all(sock)
+        self.assertEqual((raw.count(b"HTTP/1.1 200 OK\r\n"), raw.count(b"<!DOCTYPE")), (2, 1))
+
+    def test_a_bad_head_stays_bad_and_the_memory_is_bounded(self):
+        bad = b"GET /alice HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"
+        for _ in range(2):
+            self.assertEqual(exchange(self.port, bad)[0][0][0], 400)
+        for i in range(3 * fingerd.WebHandler.PARSED_MAX):
+            with connect(self.port) as sock:
+                sock.sendall(b"GET /u%d HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n"
+                             % i)
+                read_all(sock)
+        self.assertLessEqual(len(fingerd.WebHandler.PARSED), fingerd.WebHandler.PARSED_MAX)
+        self.assertLessEqual(len(fingerd.WebHandler.BUILT), fingerd.WebHandler.BUILT_MAX)
+
+
 if __name__ == "__main__":
     unittest.main()
