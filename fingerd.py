@@ -389,6 +389,8 @@ def split_lines(text: str) -> List[str]:
 def clean_text(text: str) -> str:
     """A status as stored and shown: clean_line() lines joined by LF, trailing blanks and
     leading and trailing empty lines trimmed."""
+    if text.isprintable():      # one line (CR and LF are not printable), nothing to filter
+        return text.rstrip()
     lines = [clean_line(line).rstrip() for line in split_lines(text)]
     while lines and not lines[-1]:
         lines.pop()
@@ -1052,8 +1054,10 @@ def parse_users(text: str, source: str = "users file") -> Dict[str, Status]:
             continue
         user, colon, status = stripped.partition(":")
         user = user.strip()
-        text = clean_text(_USERS_FILE_ESCAPE.sub(
-            lambda m: "\n" if m.group(1) == "n" else "\\", status.strip(" \t")))
+        status = status.strip(" \t")
+        if "\\" in status:
+            status = _USERS_FILE_ESCAPE.sub(_unescape, status)
+        text = clean_text(status)
         if not colon or not valid_name(user) or not text:
             log.warning("%s line %d skipped: expected 'user: status' with a valid name and a "
                         "status, got %r", source, number, stripped[:80])
@@ -1063,6 +1067,10 @@ def parse_users(text: str, source: str = "users file") -> Dict[str, Status]:
 
 
 _USERS_FILE_ESCAPE = LazyPattern(r"\\([n\\])")
+
+
+def _unescape(match) -> str:
+    return "\n" if match.group(1) == "n" else "\\"
 
 
 class MemoryStore(DictStore):
