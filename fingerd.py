@@ -816,7 +816,7 @@ class Store:
     name = "?"
     writable = True
     blocking = False
-    groups_writes = False           # set_async(batch=...) and commit(batch) group writes
+    groups_writes = False           # set_async(batch=...) and submit(batch) group writes
 
     def __init__(self) -> None:
         self.lock = threading.RLock()
@@ -879,10 +879,10 @@ class Store:
                   batch: Optional[list] = None) -> None:
         """set() (or clear(), when text is None) without waiting: done(None) once it is
         durable, done(error) if not.  done may run on another thread (the sqlite writer), or
-        before this returns.  `batch`: a list the calling thread owns and hands to commit()
+        before this returns.  `batch`: a list the calling thread owns and hands to submit()
         soon (a serving loop, at the end of its turn), so that the writes of one turn share
-        a transaction and an fsync with no thread between; a store that does not group
-        writes (groups_writes False) ignores it."""
+        a transaction, an fsync and one thread handoff; a store that does not group writes
+        (groups_writes False) ignores it."""
         try:
             if text is None:
                 self._check_write(user)
@@ -897,9 +897,10 @@ class Store:
         else:
             self._set_async(user, status, done)
 
-    def commit(self, batch: list) -> None:
-        """Make durable the writes set_async() put in `batch`, on this thread; every one's
-        done() has run when this returns.  Only stores that group writes get batches."""
+    def submit(self, batch: list) -> None:
+        """Make durable the writes set_async() put in `batch`: each one's done() runs once
+        it is (on another thread, or before this returns).  Only stores that group
+        writes (groups_writes) get batches."""
         for w in batch:
             self._set_async(w.user, w.status, w.done)
 
@@ -1248,20 +1249,29 @@ def default_db_path() -> str:
     return os.path.join(state or ".", DB_NAME)
 
 
+DB_BUSY_TIMEOUT = 5.0                 # seconds a write waits for another process's lock
+
+
+class _Busy(Exception):
+    """BEGIN IMMEDIATE found the write lock taken, and was not to wait for it."""
+
+
 class SQLiteStore(DictStore):
     """The embedded default: statuses in an SQLite database, durable before acknowledged.
 
     WAL journal, synchronous=FULL, every write in a BEGIN IMMEDIATE transaction.  set() returns
     only after its COMMIT returned.  Writes are group-committed, so concurrent setters share
-    an fsync: a setter listener commits the writes of each turn of its loop itself
-    (set_async(batch=) then commit(), on the loop's thread); other writes go to one writer
-    thread, which commits whatever is waiting in one transaction.  Reads come from a copy in
+    an fsync: one writer thread commits whatever is waiting in one transaction, and a
+    setter listener hands it the writes of each turn of its loop at once (set_async(batch=)
+    then submit()), so that they cost one thread handoff, not one each.  Reads come from a copy in
     memory, updated after each commit: this process is the database's only writer.  A user has
     up to two rows: slot 0 the lasting status, slot 1 an expiring one."""
 
     name = "sqlite"
     MAX_BATCH = 512
     groups_writes = True
+    SLOW_COMMIT = 0.25        # seconds: a loop's commit this slow ...
+    SLOW_FOR = 10             # ... has the writer thread commit the loops' writes this long
 
     def __init__(self, path: str) -> None:
         import queue
@@ -1270,7 +1280,7 @@ class SQLiteStore(DictStore):
         self.path = path
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False,
-                                       timeout=5.0)
+                                       timeout=DB_BUSY_TIMEOUT)
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 log.warning("%s: WAL journal not available here (got %s)", path, mode)
@@ -1295,6 +1305,8 @@ class SQLiteStore(DictStore):
         self.changes.extend((user, status, when) for when, user, status in recent[-CHANGE_LOG:])
         self._queue: "queue.SimpleQueue[Optional[_Write]]" = queue.SimpleQueue()
         self._write_lock = threading.Lock()      # one transaction at a time on self._db
+        self._no_wait = False                    # _begin(): _Busy rather than wait
+        self._handoff_until = 0.0                # submit(): the writer commits until then
         self._closed = False
         self._writer = threading.Thread(target=self._write_loop, name="sqlite-writer",
                                         daemon=True)
@@ -1353,12 +1365,14 @@ class SQLiteStore(DictStore):
         return None
 
     def _write_loop(self) -> None:
+        """The writer thread: whatever is queued (single writes, and the batches of
+        serving loops' turns), committed together, until None."""
         import queue
         while True:
             first = self._queue.get()
             if first is None:
                 break
-            batch = [first]
+            batch = list(first) if isinstance(first, list) else [first]
             while len(batch) < self.MAX_BATCH:
                 try:
                     item = self._queue.get_nowait()
@@ -1367,21 +1381,55 @@ class SQLiteStore(DictStore):
                 if item is None:
                     self._queue.put(None)      # finish this batch, then stop
                     break
-                batch.append(item)
+                if isinstance(item, list):
+                    batch.extend(item)
+                else:
+                    batch.append(item)
             self.commit(batch)
 
-    def commit(self, batch: List[_Write]) -> None:
-        """The writes of `batch` in one transaction, on this thread: the writer thread's
-        batches, and a serving loop's at the end of its turn (the setters' writes then
-        need no thread handoff: 55 -> 39 µs of CPU a write).  One at a time."""
-        with self._write_lock:
+    def submit(self, batch: List[_Write]) -> None:
+        """A serving loop's writes of one turn, committed right here in one transaction:
+        no thread handoff, which cost more than the rest of a write (55 -> 41 µs of CPU).
+        Handed to the writer thread instead, so that the loop never waits on them, when
+        the writer is committing, when another process holds the database's write lock
+        (at once, not after the busy timeout), and for SLOW_FOR seconds after a commit
+        slower than SLOW_COMMIT (a disk that stalls)."""
+        if self.problem():
+            error = StoreUnavailable("the database writer is not running")
+            for w in batch:
+                w.done(error)
+            return
+        if time.monotonic() >= self._handoff_until:
+            started = time.monotonic()
+            if self.commit(batch, wait=False):
+                took = time.monotonic() - started
+                if took > self.SLOW_COMMIT:
+                    self._handoff_until = time.monotonic() + self.SLOW_FOR
+                    log.warning("database %s: a commit took %.1f s; the writer thread "
+                                "commits for the next %d s", self.path, took, self.SLOW_FOR)
+                return
+        self._queue.put(batch)
+
+    def commit(self, batch: List[_Write], wait: bool = True) -> bool:
+        """The writes of `batch` in one transaction, on this thread; every done() has run
+        when this returns True.  One transaction at a time.  With wait False, nothing is
+        done and False returned when that would mean waiting: on another commit, or on
+        another process's write lock."""
+        if not self._write_lock.acquire(blocking=wait):
+            return False
+        try:
             if self._db is None or self.problem():   # closed, or the store is failing
                 error = StoreUnavailable("the database writer is not running")
                 for w in batch:
                     w.done(error)
-                return
+                return True
+            if not wait:
+                self._db.execute("PRAGMA busy_timeout=0")
+                self._no_wait = True
             try:
                 self._commit(batch)
+            except _Busy:
+                return False
             except Exception:
                 # A bug, not a database error (those _commit answers itself): the batch is
                 # refused, nothing in it was acknowledged, and the writers go on.
@@ -1393,6 +1441,24 @@ class SQLiteStore(DictStore):
                         w.done(StoreUnavailable("internal error: the status was not stored"))
                     except Exception:
                         FAULTS.report("sqlite-writer", "completion callback")
+            finally:
+                if not wait:
+                    self._no_wait = False
+                    self._db.execute("PRAGMA busy_timeout=%d" % (DB_BUSY_TIMEOUT * 1000))
+            return True
+        finally:
+            self._write_lock.release()
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE: the write lock now, waiting up to the busy timeout for another
+        process's; _Busy at once instead while _no_wait."""
+        import sqlite3
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as e:
+            if self._no_wait and "locked" in str(e):      # SQLITE_BUSY
+                raise _Busy() from e
+            raise
 
     UPSERT = ("INSERT INTO statuses (user, slot, status, set_at, expires_at) VALUES (?, ?, ?, ?, "
               "?) ON CONFLICT (user, slot) DO UPDATE SET status = excluded.status, set_at = "
@@ -1402,7 +1468,7 @@ class SQLiteStore(DictStore):
         import sqlite3
         db = self._db
         try:
-            db.execute("BEGIN IMMEDIATE")
+            self._begin()                # _Busy is not an sqlite3.Error: it goes up
             if all(w.status is not None and not w.status.expires_at for w in batch):
                 self._write_lasting(batch)
             else:
@@ -1460,7 +1526,7 @@ class SQLiteStore(DictStore):
         if self._writer.is_alive():
             self._queue.put(None)
             self._writer.join()
-        with self._write_lock:           # after a serving loop's commit in progress
+        with self._write_lock:           # after a commit in progress
             if self._db is not None:
                 self._db.close()
                 self._db = None
@@ -3356,7 +3422,7 @@ class PooledTCPServer(socketserver.BaseServer):
                     except Exception:
                         self._contain(conn)
             if self.turn_writes:
-                self._commit_turn(now)
+                self._submit_turn(now)
             if now >= next_sweep:
                 next_sweep = now + sweep_every
                 self._sweep(now)
@@ -3567,15 +3633,15 @@ class PooledTCPServer(socketserver.BaseServer):
         self._wake_pending = False
         self._drain_completed(now)
 
-    def _commit_turn(self, now: float) -> None:
-        """The writes this turn's handlers made (turn_writes, set_async's batch) made
-        durable together, on the loop itself, before it waits again: one transaction and
-        one fsync for all of them, and no thread to hand them to and back (Redis does its
-        appendfsync-always fsync the same way, before it sleeps).  Their replies go at once."""
+    def _submit_turn(self, now: float) -> None:
+        """The writes this turn's handlers made (turn_writes, set_async's batch), handed
+        to the store together before the loop waits again: one transaction and one fsync
+        for all of them (SQLiteStore.submit commits them here when it need not wait).
+        Their replies come back through complete(); those already done go at once."""
         batch, self.turn_writes = self.turn_writes, []
         self._wake_pending = True       # complete() needs no wake-up byte: drained below
         try:
-            self.store.commit(batch)
+            self.store.submit(batch)
         finally:
             self._wake_pending = False
             self._drain_completed(now)
@@ -3623,11 +3689,13 @@ class PooledTCPServer(socketserver.BaseServer):
         parts = [reply] if isinstance(reply, bytes) else reply
         if parts:
             try:
-                # A reply the connection ends with goes out with the FIN that follows at
-                # once (close or shutdown, in _next): one segment, one wake-up of the
-                # client, not two (Linux: MSG_MORE holds it; the FIN pushes it).
-                sent = self._send_parts(conn.sock, parts, FINAL_SEND if after is not
-                                        After.KEEP else socket.MSG_DONTWAIT)
+                # A reply the connection ends with, once the client has ended its side,
+                # goes out with the FIN that follows at once (the close in _next): one
+                # segment, one wake-up of the client, not two (Linux: MSG_MORE holds it;
+                # the FIN pushes it).  Not while the client may still send: bytes it sends
+                # make the close a reset, which would discard a reply still held.
+                sent = self._send_parts(conn.sock, parts, FINAL_SEND if conn.eof and
+                                        after is not After.KEEP else socket.MSG_DONTWAIT)
             except OSError:
                 self._close(conn)
                 return False
@@ -6157,8 +6225,12 @@ def lazy_modules(args: argparse.Namespace, serving: bool = True) -> List[str]:
     the backend, each listener that is on, IRC and TLS import where they first run.
     `serving`: False for --inetd (one finger query, no listeners).  Module-level imports
     are not listed: those are loaded before main() runs."""
-    # client addresses, account names, Daemon.run's signals, the setter socket's SO_PEERCRED
-    modules = ["ipaddress", "pwd", "signal", "struct"]
+    # client addresses, account names, Daemon.run's signals, the setter socket's SO_PEERCRED;
+    # logging, which --inetd imports at its first message (to syslog when stderr is the
+    # client: logging.handlers)
+    modules = ["ipaddress", "logging", "pwd", "signal", "struct"]
+    if not serving:
+        modules.append("logging.handlers")
     pool = "concurrent.futures.thread"    # ThreadPoolExecutor: workers of blocking stores
     web = ["_strptime", "datetime", "email.utils", "gzip", "html", "http", "json",
            "urllib.parse", "wsgiref.handlers", "xml.parsers.expat", "xmlrpc.client",
@@ -6186,7 +6258,7 @@ def preload(args: argparse.Namespace, serving: bool = True) -> None:
     module that cannot load then would fail requests, not start-up."""
     for name in lazy_modules(args, serving):
         __import__(name)                   # a dotted name imports its package too
-    for codec in ("cp1252", "utf-16", "idna", "punycode"):
+    for codec in ("cp1252", "utf-16", "utf-16-le", "idna", "punycode"):
         codecs.lookup(codec)
     if args.backend in ("pwd", "process"):
         libc_passwd()                      # loads the C library through ctypes

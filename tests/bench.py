@@ -194,32 +194,45 @@ def start_fingerd(workdir, *args, http_port=None, program=(WRAPPER,), env=None):
     raise SystemExit("bench: fingerd did not answer within 20 s")
 
 
-def timed_runs(argv, runs=50, data=b"", env=None):
-    """Median wall and CPU milliseconds of `runs` runs of argv (CPU: the child's user and
-    system time, from RUSAGE_CHILDREN), each fed `data` on stdin."""
-    walls, cpus = [], []
+def timed_runs(commands, runs=50, env=None):
+    """Median wall and CPU milliseconds of each (argv, stdin bytes) in `commands`, run
+    `runs` times in turn (interleaved, so that a change in the machine's load falls on all
+    alike; CPU: the child's user and system time, from RUSAGE_CHILDREN)."""
+    walls = [[] for _ in commands]
+    cpus = [[] for _ in commands]
     for _ in range(runs):
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                       env=env or ENV, check=False)
-        walls.append(time.perf_counter() - t0)
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    return statistics.median(walls) * 1e3, statistics.median(cpus) * 1e3
+        for i, (argv, data) in enumerate(commands):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t0 = time.perf_counter()
+            subprocess.run(argv, input=data, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, env=env or ENV, check=False)
+            walls[i].append(time.perf_counter() - t0)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpus[i].append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+    return [(statistics.median(w) * 1e3, statistics.median(c) * 1e3)
+            for w, c in zip(walls, cpus)]
 
 
 def inetd_rows(users):
-    """--inetd per query through the wrapper and as a script, beside `-c pass`."""
-    floor = timed_runs([sys.executable, "-c", "pass"])
-    query = ["--inetd", "--backend", "file", "--users-file", users]
-    wrapper = timed_runs([WRAPPER, *query], data=b"alice\r\n")
-    script = timed_runs([sys.executable, os.path.join(ROOT, "fingerd.py"), *query], runs=10,
-                        data=b"alice\r\n")
+    """--inetd per query through the wrapper (which runs python3 -S) and as a script,
+    beside `-c pass` with and without -S: one user's users file, and the 1,001 users'."""
+    small = os.path.join(os.path.dirname(users), "one-user.txt")
+    with open(small, "w") as f:
+        f.write("alice: Happy and well\n")
+    query = b"alice\r\n"
+    inetd = ["--inetd", "--backend", "file", "--users-file"]
+    floor, floor_s, one, many = timed_runs([
+        ([sys.executable, "-c", "pass"], b""), ([sys.executable, "-S", "-c", "pass"], b""),
+        ([WRAPPER, *inetd, small], query), ([WRAPPER, *inetd, users], query)])
+    script, = timed_runs([([sys.executable, os.path.join(ROOT, "fingerd.py"), *inetd, small],
+                           query)], runs=10)
     return [
-        ("python3 -c pass (the floor): wall / CPU ms", "%.1f / %.1f" % floor),
-        ("fingerd --inetd, one query (./fingerd): wall / CPU ms, x floor",
-         "%.1f / %.1f, %.2fx" % (wrapper[0], wrapper[1], wrapper[0] / floor[0])),
+        ("python3 -c pass (the floor) / python3 -S -c pass: wall ms",
+         "%.1f / %.1f" % (floor[0], floor_s[0])),
+        ("fingerd --inetd, one query (./fingerd), 1 user: wall / CPU ms, x floor",
+         "%.1f / %.1f, %.2fx" % (one[0], one[1], one[0] / floor[0])),
+        ("the same, 1,001 users in the file: wall / CPU ms, x floor",
+         "%.1f / %.1f, %.2fx" % (many[0], many[1], many[0] / floor[0])),
         ("python3 fingerd.py --inetd (compiled every run): wall / CPU ms",
          "%.1f / %.1f" % script)]
 
@@ -230,7 +243,8 @@ def set_round_trip(workdir):
     proc, _, _, _ = start_fingerd(workdir, "--backend", "sqlite", "--db",
                                   os.path.join(workdir, "set.db"), "--setter-socket", path)
     try:
-        wall, cpu = timed_runs([WRAPPER, "--setter-socket", path, "--set", "In the bench"])
+        (wall, cpu), = timed_runs([([WRAPPER, "--setter-socket", path, "--set", "In the bench"],
+                                    b"")])
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(10)

@@ -2,7 +2,6 @@
 --set/--clear client."""
 import http.client
 import os
-import re
 import shutil
 import signal
 import socket
@@ -256,7 +255,7 @@ EVERY_MODE = ("__future__", "argparse", "bisect", "codecs", "enum", "errno", "fu
 # here the codecs of legacy text and of IDNA host names.
 DAEMON = EVERY_MODE + ("ipaddress", "logging", "pwd", "resource", "signal", "struct",
                        "encodings.cp1252", "encodings.idna", "encodings.punycode",
-                       "encodings.utf_16")
+                       "encodings.utf_16", "encodings.utf_16_le")
 NEVER_WITHOUT_HTTP = ("http", "http.client", "http.server", "email", "email.utils", "ssl",
                       "xmlrpc", "xmlrpc.client", "xmlrpc.server", "json", "html", "zlib",
                       "gzip", "datetime", "urllib.parse", "sqlite3", "subprocess", "shutil",
@@ -446,9 +445,37 @@ class PreloadTest(unittest.TestCase):
         finger, web = self.start("--backend", "sqlite", "--db", db)
         self.assertEqual(set_status(self.daemon.ports["setter"], "alice", "Caf\u00e9 \u2615"),
                          b"OK\r\n")
+        cesu8 = b"bob\n\xed\xa0\xbd\xed\xb8\x80 smile\n"      # U+1F600 as Java writes it
+        self.assertEqual(query(self.daemon.ports["setter"], cesu8, half_close=True),
+                         b"OK\r\n")
         self.exercise_finger(finger, "alice")
         self.exercise_web(web, "alice")
         self.assert_no_failure()
+
+    def test_inetd(self):
+        users = write_file(os.path.join(temp_dir(self), "users"), "alice: Caf\u00e9 time\n")
+        for stdin in (subprocess.PIPE, "socket"):
+            with self.subTest(stdin=stdin):
+                server = client = None
+                if stdin == "socket":                     # as inetd: one socket as 0, 1, 2
+                    server, client = socket.socketpair()
+                    client.sendall(b"alice\r\n")
+                out = subprocess.run(
+                    [sys.executable, "-S", "-c", PRELOAD_DRIVER, module_path(), "--inetd",
+                     "--user", "nobody", "--log-queries", "--log-level", "debug",
+                     "--backend", "file", "--users-file", users],
+                    input=b"alice\r\n" if server is None else None,
+                    stdin=server, stdout=server or subprocess.PIPE,
+                    stderr=server or subprocess.PIPE, timeout=TIMEOUT)
+                if server is not None:
+                    server.close()
+                    reply = read_all(client)
+                    client.close()
+                else:
+                    reply = out.stdout
+                    self.assertNotIn(b"Traceback", out.stderr)
+                    self.assertIn(b"finger query", out.stderr)     # logged after the drop
+                self.assertEqual((out.returncode, reply), (0, "Caf\u00e9 time\r\n".encode()))
 
     def test_nothing_is_imported_after_the_warm_up(self):
         db = os.path.join(temp_dir(self), "f.db")

@@ -402,6 +402,43 @@ class BlockingStore(fingerd.MemoryStore):
         return super()._get(user, verbose, via)
 
 
+class ClientStillSendingTest(unittest.TestCase):
+    """A client that sends more while its slow answer is made still gets the answer: the
+    close that follows may be a reset (unread input), so a reply is never held back for
+    the FIN (MSG_MORE) unless the client has ended its side (outside tester, issue 19)."""
+
+    def setUp(self):
+        store = BlockingStore()
+        store.replace({"alice": fingerd.Status("Happy and well", 1.0)})
+        self.finger = serve(self, fingerd.FingerServer(("127.0.0.1", 0), store)).port
+        self.web = serve(self, fingerd.WebServer(("127.0.0.1", 0), store)).port
+
+    def answer(self, port, first, more):
+        with connect(port) as sock:
+            sock.sendall(first)
+            time.sleep(0.05)                 # the answer is being made (0.2 s)
+            sock.sendall(more)
+            data = b""
+            try:
+                for chunk in iter(lambda: sock.recv(65536), b""):
+                    data += chunk
+            except ConnectionResetError:     # after the reply: the unread input
+                pass
+            return data
+
+    def test_finger(self):
+        for _ in range(3):
+            self.assertEqual(self.answer(self.finger, b"alice\r\n", b"more\r\n"),
+                             b"Happy and well\r\n")
+
+    def test_http_connection_close(self):
+        for request in (b"GET /alice.json HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+                        b"GET /alice.json HTTP/1.0\r\n\r\n"):
+            reply = self.answer(self.web, request, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            self.assertTrue(reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply[:100])
+            self.assertIn(b"Happy and well", reply)
+
+
 class BlockingStoreTest(unittest.TestCase):
     def test_blocking_store_runs_on_bounded_workers(self):
         store = BlockingStore()

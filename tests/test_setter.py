@@ -144,6 +144,51 @@ class SQLiteSetterServerTest(SetterServerTest):
     backend = "sqlite"
 
 
+class SQLiteLoopCommitTest(unittest.TestCase):
+    """The setter loop commits its turn's writes itself, but never waits for them: not on
+    another process's write lock, not on a disk that stalls (issue 19)."""
+
+    def setUp(self):
+        self.path = os.path.join(temp_dir(self), "f.db")
+        self.store = fingerd.SQLiteStore(self.path)
+        self.addCleanup(self.store.close)
+        self.port = serve(self, fingerd.SetterServer(("127.0.0.1", 0), self.store)).port
+
+    def test_a_lock_held_elsewhere_stops_only_the_writes(self):
+        import sqlite3
+        other = sqlite3.connect(self.path, isolation_level=None)
+        self.addCleanup(other.close)
+        other.execute("BEGIN IMMEDIATE")             # another process's write lock
+        answers = []
+        writer = threading.Thread(target=lambda: answers.append(
+            set_status(self.port, "alice", "Waited for the lock")))
+        writer.start()
+        time.sleep(0.3)
+        started = time.monotonic()
+        self.assertTrue(set_status(self.port, "-bad", "x").startswith(b"ERROR bad user name"))
+        self.assertLess(time.monotonic() - started, 1.0)   # not after the 5 s busy timeout
+        self.assertEqual(answers, [])                # the write waits for the lock ...
+        other.execute("ROLLBACK")
+        writer.join(TIMEOUT)
+        self.assertEqual(answers, [b"OK\r\n"])       # ... and is stored once it is free
+        self.assertEqual(self.store.get("alice").text, "Waited for the lock")
+
+    def test_a_slow_commit_sends_the_next_ones_to_the_writer(self):
+        original, threads = self.store._commit, []
+
+        def slow_commit(batch):
+            threads.append(threading.current_thread().name)
+            if len(threads) == 1:
+                time.sleep(self.store.SLOW_COMMIT + 0.05)
+            return original(batch)
+        self.store._commit = slow_commit
+        self.assertEqual(set_status(self.port, "alice", "slow"), b"OK\r\n")
+        self.assertEqual(set_status(self.port, "alice", "handed over"), b"OK\r\n")
+        self.assertEqual(threads[1], "sqlite-writer")
+        self.assertNotEqual(threads[0], "sqlite-writer")
+        self.assertEqual(self.store.get("alice").text, "handed over")
+
+
 class AllowTest(unittest.TestCase):
     def make(self, *nets):
         store = fingerd.MemoryStore()
