@@ -173,20 +173,24 @@ class SQLiteLoopCommitTest(unittest.TestCase):
         self.assertEqual(answers, [b"OK\r\n"])       # ... and is stored once it is free
         self.assertEqual(self.store.get("alice").text, "Waited for the lock")
 
-    def test_a_slow_commit_sends_the_next_ones_to_the_writer(self):
+    def test_a_slow_disk_sends_the_writes_to_the_writer_until_it_is_fast_again(self):
         original, threads = self.store._commit, []
+        self.store.SLOW_FOR = 0.5
 
-        def slow_commit(batch):
+        def commit(batch):
             threads.append(threading.current_thread().name)
-            if len(threads) == 1:
+            if len(threads) <= 2:                  # the loop's commit, then the writer's
                 time.sleep(self.store.SLOW_COMMIT + 0.05)
             return original(batch)
-        self.store._commit = slow_commit
-        self.assertEqual(set_status(self.port, "alice", "slow"), b"OK\r\n")
-        self.assertEqual(set_status(self.port, "alice", "handed over"), b"OK\r\n")
-        self.assertEqual(threads[1], "sqlite-writer")
-        self.assertNotEqual(threads[0], "sqlite-writer")
-        self.assertEqual(self.store.get("alice").text, "handed over")
+        self.store._commit = commit
+        for i, pause in enumerate((0, 0, 0.3, 0.7)):
+            time.sleep(pause)
+            self.assertEqual(set_status(self.port, "alice", "write %d" % i), b"OK\r\n")
+        # The writer's slow commit kept the loop from trying again 0.3 s later; 0.7 s after
+        # the last slow one, the loop commits itself again.
+        self.assertEqual([name == "sqlite-writer" for name in threads],
+                         [False, True, True, False])
+        self.assertEqual(self.store.get("alice").text, "write 3")
 
 
 class AllowTest(unittest.TestCase):
