@@ -3691,13 +3691,11 @@ class PooledTCPServer(socketserver.BaseServer):
         parts = [reply] if isinstance(reply, bytes) else reply
         if parts:
             try:
-                # A reply the connection ends with, once the client has ended its side,
-                # goes out with the FIN that follows at once (the close in _next): one
-                # segment, one wake-up of the client, not two (Linux: MSG_MORE holds it;
-                # the FIN pushes it).  Not while the client may still send: bytes it sends
-                # make the close a reset, which would discard a reply still held.
-                sent = self._send_parts(conn.sock, parts, FINAL_SEND if conn.eof and
-                                        after is not After.KEEP else socket.MSG_DONTWAIT)
+                # A reply the connection ends with goes out with the FIN that follows at
+                # once (in _next): one segment, one wake-up of the client, not two (Linux:
+                # MSG_MORE holds it; the FIN pushes it).
+                sent = self._send_parts(conn.sock, parts, FINAL_SEND if after is not
+                                        After.KEEP else socket.MSG_DONTWAIT)
             except OSError:
                 self._close(conn)
                 return False
@@ -3731,6 +3729,14 @@ class PooledTCPServer(socketserver.BaseServer):
             conn.deadline = now + (self.deadline if conn.inbuf else self.idle_timeout)
             return True
         if conn.eof or (after is not After.LINGER and not conn.inbuf):
+            if not conn.eof:
+                # The client may still send, and input left unread makes the close a
+                # reset, which would discard a reply still held for the FIN (MSG_MORE):
+                # shutting our side first sends them, then the reset, if any, follows.
+                try:
+                    conn.sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
             self._close(conn)
         else:
             # Closing with unread input would send RST and could destroy the reply in
