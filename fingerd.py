@@ -3658,6 +3658,13 @@ class PooledTCPServer(socketserver.BaseServer):
         self._wake_pending = True       # complete() needs no wake-up byte: drained below
         try:
             self.store.submit(batch)
+        except Exception:               # a bug: these writes are refused, the loop goes on
+            FAULTS.report(self.label + "-loop", "submitting %d writes", len(batch))
+            for w in batch:
+                try:
+                    w.done(StoreUnavailable("internal error: the status was not stored"))
+                except Exception:
+                    FAULTS.report(self.label + "-loop", "completion callback")
         finally:
             self._wake_pending = False
             self._drain_completed(now)

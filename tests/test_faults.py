@@ -327,6 +327,24 @@ class SQLiteWriterFaultTest(unittest.TestCase):
         self.assertEqual(store.get("alice").text, "stored")
         self.assertIsNone(store.problem())
 
+    def test_a_turn_whose_submit_raises_is_refused_and_the_loop_goes_on(self):
+        store = fingerd.SQLiteStore(os.path.join(temp_dir(self), "f.db"))
+        self.addCleanup(store.close)
+        server = serve(self, fingerd.SetterServer(("127.0.0.1", 0), store))
+        original, calls = store.submit, []
+
+        def submit(batch):
+            calls.append(len(batch))
+            if len(calls) == 1:
+                raise RuntimeError("a bug in submit")
+            return original(batch)
+        store.submit = submit
+        with Quiet(self):
+            answer = set_status(server.port, "alice", "not stored")
+        self.assertEqual(answer, b"ERROR internal error: the status was not stored\r\n")
+        self.assertEqual(set_status(server.port, "alice", "stored"), b"OK\r\n")
+        self.assertEqual(store.get("alice").text, "stored")
+
     def test_a_dead_writer_refuses_at_once_instead_of_hanging(self):
         store = fingerd.SQLiteStore(os.path.join(temp_dir(self), "f.db"))
         self.addCleanup(store.close)
